@@ -1,0 +1,140 @@
+"""What every frame method sees, the registry, and shared helpers.
+
+A frame is F_ih = (e1, e2, e3) per atom i and head h (spec §4): three unit vectors (rows of a (3, 3)
+matrix), in Cartesian coordinates. The angular features use the cosines e_k · r̂ of every image.
+Frames are computed from detached quantities and carry no gradient, except for methods that declare
+``differentiable = True`` (SPFrame).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from crystalframer.geometry.images import Images
+
+
+@dataclass
+class FrameInput:
+    """Everything a frame method may use, for one attention layer.
+
+    Attributes:
+        images: the image slots (N, M) of the batch.
+        unit: (N, M, 3) unit vectors r̂ of the slots (0 for self images and padding).
+        candidate: (N, M, H) bool, slots that may define an axis (valid and not the atom itself).
+        qk: (N, M, H) q_ih · k_jh / sqrt(d_h) of the slot's pair (detached).
+        a: (N, H) Gaussian coefficient a_ih = −1/(2σ²) in Å⁻² (detached).
+        w: (N, M, H) attention weight of each slot (detached); Σ_m w = 1.
+        lattice: (B, 3, 3); pos: (N, 3); batch: (N,); ptr: (B + 1,).
+        noise: tie-breaking noise amplitude (Å² for distances); 0 for a deterministic tie order.
+        x: (N, d) the layer's input states (for frames predicted from invariant features).
+        layer: the layer's index.
+    """
+
+    images: Images
+    unit: Tensor
+    candidate: Tensor
+    qk: Tensor
+    a: Tensor
+    w: Tensor
+    lattice: Tensor
+    pos: Tensor
+    batch: Tensor
+    ptr: Tensor
+    noise: float
+    x: Tensor | None = None
+    layer: int = 0
+
+    @property
+    def d2(self) -> Tensor:
+        return self.images.d2
+
+    def uniform_noise(self, shape) -> Tensor:
+        """u ~ U(−0.5, 0.5) · noise (zeros when noise is 0)."""
+        if self.noise == 0:
+            return torch.zeros(shape, dtype=self.unit.dtype, device=self.unit.device)
+        return (torch.rand(shape, dtype=self.unit.dtype, device=self.unit.device) - 0.5) * self.noise
+
+
+FrameFn = Callable[..., Tensor]
+FRAMES: dict[str, "FrameMethod"] = {}
+
+
+class FrameMethod(torch.nn.Module):
+    """Base class: ``forward(inp: FrameInput) -> (N, H, 3, 3)`` axes as rows."""
+
+    #: name in the registry
+    name: str = ""
+    #: whether gradients flow through the frame axes
+    differentiable: bool = False
+    #: whether the frame is one per crystal (pca, lattice, SPFrame global part)
+    per_structure: bool = False
+
+    def __init__(self, **options):
+        super().__init__()
+        if options:
+            raise TypeError(f"frame {self.name!r} got unknown options {sorted(options)}")
+
+
+def register_frame(cls: type[FrameMethod]) -> type[FrameMethod]:
+    """Class decorator adding a frame method to the registry under ``cls.name``."""
+    FRAMES[cls.name] = cls
+    return cls
+
+
+def build_frame(name: str, **options) -> FrameMethod | None:
+    """The frame method registered as ``name`` (``"none"`` → None: Crystalformer)."""
+    if name in ("none", "no", None):
+        return None
+    if name not in FRAMES:
+        raise ValueError(f"unknown frame method {name!r}; available: none, {', '.join(sorted(FRAMES))}")
+    return FRAMES[name](**options)
+
+
+def gather_slots(t: Tensor, idx: Tensor) -> Tensor:
+    """Pick slot ``idx`` (N, H) of a per-slot tensor (N, M, C) → (N, H, C)."""
+    return torch.gather(t, 1, idx[:, :, None].expand(-1, -1, t.shape[-1]))
+
+
+def orthonormal_from_two(e1: Tensor, r2: Tensor, ok: Tensor | None = None) -> Tensor:
+    """(…, 3) unit e1 and a second direction r2 → right-handed orthonormal frame (…, 3, 3), rows e1, e2, e3.
+
+    e2 = normalize(r2 − (e1·r2) e1) (Gram–Schmidt), e3 = e1 × e2. Where ``ok`` is False (no admissible
+    second direction), e2 is a fixed perpendicular of e1 (documented fallback; never hit for 3-D lattices
+    with the default image sets).
+    """
+    e2 = r2 - (e1 * r2).sum(-1, keepdim=True) * e1
+    if ok is not None:
+        fallback = _perpendicular(e1)
+        e2 = torch.where(ok[..., None], e2, fallback)
+    e2 = e2 / e2.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    e3 = torch.cross(e1, e2, dim=-1)
+    return torch.stack([e1, e2, e3], -2)
+
+
+def _perpendicular(e: Tensor) -> Tensor:
+    basis = torch.eye(3, dtype=e.dtype, device=e.device)
+    axis = basis[e.abs().argmin(-1)]
+    p = axis - (axis * e).sum(-1, keepdim=True) * e
+    return p / p.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def masked_argmax(score: Tensor, allowed: Tensor, dim: int = 1) -> tuple[Tensor, Tensor]:
+    """First index of the maximum of ``score`` over ``allowed`` entries, and whether any was allowed."""
+    s = score.masked_fill(~allowed, float("-inf"))
+    return s.argmax(dim), allowed.any(dim)
+
+
+def sign_by_moment(axes: Tensor, vec: Tensor, weight: Tensor) -> Tensor:
+    """Deterministic, rotation-equivariant axis signs: make Σ weight · (e·v)³ >= 0 for each axis.
+
+    Args:
+        axes: (..., K, 3); vec: (..., M, 3) the points; weight: (..., M).
+    """
+    proj = torch.einsum("...kc,...mc->...km", axes, vec)
+    m3 = (weight[..., None, :] * proj**3).sum(-1)
+    sign = torch.where(m3 < 0, -1.0, 1.0).to(axes.dtype)
+    return axes * sign[..., None]

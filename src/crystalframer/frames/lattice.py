@@ -1,0 +1,57 @@
+"""Lattice frames (Yan et al. 2024, spec §4.5): axes from the shortest lattice vectors."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from crystalframer.frames.base import FrameInput, FrameMethod, register_frame
+from crystalframer.geometry.images import lexicographic_shifts, plane_spacings
+
+
+def lattice_frame(lattice: Tensor, noise: float = 0.0) -> Tensor:
+    """(3, 3) lattice (rows) → (3, 3) lattice frame, rows e1, e2, e3 (unit, not orthogonal, det > 0).
+
+    e1: shortest non-zero lattice vector; e2: shortest one not parallel to e1 (1 − |cos| > 1e-5), signed so
+    e1·e2 >= 0; e3: shortest one out of the (e1, e2) plane (|r̂·c| > 1e-5, c = e1 × e2 normalised), signed
+    so e1·e3 >= 0; all three negated if e3·c < 0. Ties: first lattice point in lexicographic order of n,
+    or the noise u ~ U(−½, ½)·noise (Å²) on the squared lengths.
+    """
+    reach = lattice.norm(dim=-1).max()
+    R = torch.ceil(reach / plane_spacings(lattice)).long()
+    n = lexicographic_shifts(R).to(lattice.device)
+    pts = n.to(lattice.dtype) @ lattice
+    d2 = (pts * pts).sum(-1)
+    d2 = d2 + (torch.rand_like(d2) - 0.5) * noise if noise else d2
+    nonzero = (n != 0).any(-1)
+    unit = pts / pts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    inf = torch.tensor(float("inf"), dtype=d2.dtype, device=d2.device)
+
+    e1 = unit[torch.where(nonzero, d2, inf).argmin()]
+    cos1 = unit @ e1
+    e2 = unit[torch.where(nonzero & (1 - cos1.abs() > 1e-5), d2, inf).argmin()]
+    e2 = e2 * torch.where(e1 @ e2 < 0, -1.0, 1.0).to(e2.dtype)
+    c = torch.cross(e1, e2, dim=-1)
+    c = c / c.norm()
+    e3 = unit[torch.where(nonzero & ((unit @ c).abs() > 1e-5), d2, inf).argmin()]
+    e3 = e3 * torch.where(e1 @ e3 < 0, -1.0, 1.0).to(e3.dtype)
+    frame = torch.stack([e1, e2, e3])
+    return frame * torch.where(e3 @ c < 0, -1.0, 1.0).to(frame.dtype)
+
+
+@register_frame
+class LatticeFrame(FrameMethod):
+    """Lattice frames: one per crystal, from its shortest lattice vectors.
+
+    The shortest vectors come in ± pairs (and more ties in symmetric lattices); which member is taken
+    depends on the lattice basis given, so predictions change with the choice of unit cell (the
+    weakness the CrystalFramer paper points out).
+    """
+
+    name = "lattice"
+    per_structure = True
+
+    def forward(self, inp: FrameInput) -> Tensor:
+        frames = torch.stack([lattice_frame(T, inp.noise) for T in inp.lattice])
+        H = inp.a.shape[1]
+        return frames[inp.batch][:, None].expand(-1, H, -1, -1)

@@ -1,0 +1,72 @@
+"""Max frames (dynamic, spec §4.1) and static local frames (spec §4.2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from crystalframer.frames.base import (FrameInput, FrameMethod, gather_slots, masked_argmax,
+                                       orthonormal_from_two, register_frame)
+
+#: Images with |cos| to e1 at or above this are not candidates for the second axis.
+COLLINEAR = 0.9999
+#: Floor of 1 − |cos| inside the log of the second-axis score.
+LOG_FLOOR = 1e-5
+
+
+def _two_axis_frame(inp: FrameInput, first_score: Tensor, second_score_fn) -> Tensor:
+    """e1 = image maximising ``first_score``; r2 = image maximising ``second_score_fn(cos)``."""
+    e1_idx, has1 = masked_argmax(first_score, inp.candidate)
+    e1 = gather_slots(inp.unit, e1_idx)  # (N, H, 3)
+    cos = torch.einsum("nmc,nhc->nmh", inp.unit, e1)
+    allowed = inp.candidate & (cos.abs() < COLLINEAR)
+    r2_idx, has2 = masked_argmax(second_score_fn(cos), allowed)
+    r2 = gather_slots(inp.unit, r2_idx)
+    return orthonormal_from_two(e1, r2, has2 & has1)
+
+
+@register_frame
+class MaxFrame(FrameMethod):
+    """Dynamic max frames (Ito et al. 2025, §3.1): the paper's main method.
+
+    e1 points to the non-self image with the largest attention weight w_ij(n); r2 to the image
+    maximising log[w · (1 − |e1·r̂|)] among non-collinear ones (|cos| < 0.9999); Gram–Schmidt and
+    e3 = e1 × e2 give a right-handed orthonormal frame. Scores: q·k/√d_h + a(d² + u), with the
+    tie-breaking noise u ~ U(−½, ½)·noise in Å² (0: first slot in (j, n) order wins).
+    """
+
+    name = "max"
+
+    def forward(self, inp: FrameInput) -> Tensor:
+        u = inp.uniform_noise(inp.qk.shape)
+        s1 = inp.qk + inp.a[:, None, :] * (inp.d2[:, :, None] + u)
+        return _two_axis_frame(inp, s1, lambda cos: s1 + torch.log(torch.clamp(1 - cos.abs(), min=LOG_FLOOR)))
+
+
+@register_frame
+class StaticFrame(FrameMethod):
+    """Static local frames: nearest neighbour and nearest non-collinear neighbour (spec §4.2).
+
+    The paper's intent (default): max frames without the q·k term, i.e. e1 = nearest non-self image and
+    r2 maximising a·d² + log(1 − |cos|) (near and non-collinear). ``literal=True`` reproduces the
+    released kernel, whose second score lacks the factor a and so picks the *farthest* admissible image
+    in the box (a sign slip, kept only for parity studies).
+    """
+
+    name = "static"
+
+    def __init__(self, literal: bool = False):
+        super().__init__()
+        self.literal = literal
+
+    def forward(self, inp: FrameInput) -> Tensor:
+        u = inp.uniform_noise(inp.qk.shape)
+        d2 = inp.d2[:, :, None] + u
+        s1 = inp.a[:, None, :] * d2
+        if self.literal:
+            def second(cos):
+                return d2 + torch.log(torch.clamp(1 - cos.abs(), min=LOG_FLOOR))
+        else:
+            def second(cos):
+                return s1 + torch.log(torch.clamp(1 - cos.abs(), min=LOG_FLOOR))
+        return _two_axis_frame(inp, s1, second)

@@ -1,0 +1,1 @@
+"""Periodic images and shift boxes."""

@@ -1,0 +1,224 @@
+"""Periodic images: which translated copies of each atom an atom attends to.
+
+The attention of spec §3 is a sum over every periodic image j(n) of every atom j, seen from atom i. It is
+evaluated on a finite set of images, held per atom i as a padded list of "slots" (:class:`Images`):
+
+* ``sphere`` (the library default): all images within a fixed radius ``cutoff`` (Å) of atom i, the self
+  image included. The set is a set of physical points, so it does not depend on the unit cell chosen, the
+  periodic image given for each atom, rotation or atom order. With the default radius the dropped Gaussian
+  weight is below float32 resolution of the largest attention weight (see :mod:`crystalframer.nn.attention`).
+* ``box`` (the official rule, spec §3.3): per atom i and head h, every shift n with |n_k| <= R_k(i, h),
+  centred on n = 0 with the raw (unwrapped) coordinates. Used for parity with the published model.
+
+Slots of an atom are ordered by neighbour j (ascending), then by shift n in lexicographic order (n1
+outermost, each from −R to +R): the deterministic tie order of the published kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def plane_spacings(lattice: Tensor) -> Tensor:
+    """(..., 3, 3) lattice (rows) → (..., 3) spacings h_k between lattice planes (Å).
+
+    h_k = |det T| / |l_{k+1} × l_{k+2}| = 1 / (|b_k| / 2π).
+    """
+    l1, l2, l3 = lattice[..., 0, :], lattice[..., 1, :], lattice[..., 2, :]
+    cross = torch.stack([torch.cross(l2, l3, dim=-1), torch.cross(l3, l1, dim=-1), torch.cross(l1, l2, dim=-1)], -2)
+    det = torch.linalg.det(lattice).abs()
+    return det[..., None] / cross.norm(dim=-1)
+
+
+def shift_range(lattice: np.ndarray, radius: float) -> np.ndarray:
+    """Half-widths R_k such that every image within ``radius`` Å of a point is reached.
+
+    Valid for nearest-image-reduced differences (fractional components in [−0.5, 0.5]).
+    """
+    lat = np.asarray(lattice, dtype=np.float64)
+    cross = np.stack([np.cross(lat[1], lat[2]), np.cross(lat[2], lat[0]), np.cross(lat[0], lat[1])])
+    h = abs(np.linalg.det(lat)) / np.linalg.norm(cross, axis=1)
+    return np.floor(radius / h + 0.5 + 1e-9).astype(np.int64)
+
+
+def lexicographic_shifts(R: Tensor | np.ndarray | tuple) -> Tensor:
+    """All integer shifts with |n_k| <= R_k, n1 outermost, as an (S, 3) long tensor."""
+    r = [int(x) for x in (R.tolist() if hasattr(R, "tolist") else R)]
+    axes = [torch.arange(-x, x + 1) for x in r]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+
+
+@dataclass
+class Images:
+    """Padded per-atom image lists for a batch of N atoms with M slots each.
+
+    Attributes:
+        j: (N, M) long, the neighbour atom of each slot (padding: the atom itself).
+        vec: (N, M, 3) r = p_j + nᵀT − p_i in Å (padding: 0).
+        d2: (N, M) squared distance, Å².
+        mask: (N, M) or (N, M, H) bool, valid slots (per head for the official box).
+        shift: (N, M, 3) long, n relative to the raw positions.
+        pair: (N, M) long, index of (i, j) in the pair list.
+        pair_i, pair_j: (P,) long, the ordered atom pairs (i, j) of each structure, i-major.
+    """
+
+    j: Tensor
+    vec: Tensor
+    d2: Tensor
+    mask: Tensor
+    shift: Tensor
+    pair: Tensor
+    pair_i: Tensor
+    pair_j: Tensor
+
+    @property
+    def self_image(self) -> Tensor:
+        """(N, M) bool: the slot is at distance 0 (the atom itself, no direction)."""
+        return self.d2 <= SELF_D2
+
+
+#: Squared distance (Å²) under which an image is the atom itself (spec §3.6, §4).
+SELF_D2 = 1e-5
+
+
+def pair_list(ptr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """All ordered pairs (i, j) within each structure, i-major. Returns (pair_i, pair_j, pair_offsets)."""
+    counts = (ptr[1:] - ptr[:-1]).tolist()
+    pi, pj, off = [], [], [0]
+    for s, n in enumerate(counts):
+        a = torch.arange(n) + int(ptr[s])
+        pi.append(a.repeat_interleave(n))
+        pj.append(a.repeat(n))
+        off.append(off[-1] + n * n)
+    return torch.cat(pi), torch.cat(pj), torch.tensor(off)
+
+
+def _pad(per_atom: list[dict], n_atoms: int, device, dtype, mask_heads: int | None = None) -> dict:
+    M = max(1, max(len(d["j"]) for d in per_atom))
+    out = {
+        "j": torch.zeros(n_atoms, M, dtype=torch.long),
+        "vec": torch.zeros(n_atoms, M, 3, dtype=dtype),
+        "shift": torch.zeros(n_atoms, M, 3, dtype=torch.long),
+        "pair": torch.zeros(n_atoms, M, dtype=torch.long),
+        "mask": torch.zeros((n_atoms, M) + ((mask_heads,) if mask_heads else ()), dtype=torch.bool),
+    }
+    for i, d in enumerate(per_atom):
+        m = len(d["j"])
+        out["j"][i] = i
+        out["j"][i, :m] = d["j"]
+        out["vec"][i, :m] = d["vec"]
+        out["shift"][i, :m] = d["shift"]
+        out["pair"][i, :m] = d["pair"]
+        out["pair"][i, m:] = d["self_pair"]
+        out["mask"][i, :m] = d["mask"] if "mask" in d else True
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chunk: int = 64) -> Images:
+    """Every image within ``cutoff`` Å of each atom, the self image included (float64 selection).
+
+    Args:
+        lattice: (B, 3, 3), pos: (N, 3), ptr: (B + 1,).
+        cutoff: radius in Å.
+    """
+    device, dtype = pos.device, pos.dtype
+    lat64 = lattice.detach().to("cpu", torch.float64)
+    pos64 = pos.detach().to("cpu", torch.float64)
+    pair_i, pair_j, pair_off = pair_list(ptr.cpu())
+    per_atom: list[dict] = []
+    c2 = cutoff * cutoff
+    for s in range(lat64.shape[0]):
+        a0, a1 = int(ptr[s]), int(ptr[s + 1])
+        n = a1 - a0
+        T = lat64[s]
+        shifts = lexicographic_shifts(shift_range(T.numpy(), cutoff)).to(torch.float64)
+        inv = torch.linalg.inv(T)
+        p = pos64[a0:a1]
+        for c0 in range(0, n, chunk):
+            c1 = min(n, c0 + chunk)
+            f = (p[None, :, :] - p[c0:c1, None, :]) @ inv  # (c, n, 3) fractional differences
+            m = torch.round(f)
+            cand = (f - m)[:, :, None, :] + shifts[None, None]  # (c, n, S, 3)
+            vec = cand @ T
+            d2 = (vec * vec).sum(-1)
+            keep = d2 <= c2
+            for li in range(c1 - c0):
+                jj, ss = torch.nonzero(keep[li], as_tuple=True)  # j-major, then lexicographic n
+                i_loc = c0 + li
+                per_atom.append({
+                    "j": jj + a0,
+                    "vec": vec[li, jj, ss].to(dtype),
+                    "shift": (shifts[ss] - m[li, jj]).long(),
+                    "pair": int(pair_off[s]) + i_loc * n + jj,
+                    "self_pair": int(pair_off[s]) + i_loc * n + i_loc,
+                })
+    t = _pad(per_atom, pos.shape[0], device, dtype)
+    d2 = (t["vec"] * t["vec"]).sum(-1)
+    return Images(j=t["j"], vec=t["vec"], d2=d2, mask=t["mask"], shift=t["shift"], pair=t["pair"],
+                  pair_i=pair_i.to(device), pair_j=pair_j.to(device))
+
+
+def official_box_radius(sigma: Tensor, lattice_atoms: Tensor, cutoff_sigma: float = 3.5,
+                        r_min: int = 2) -> Tensor:
+    """Box half-widths of spec §3.3: R_k(i,h) = max(R_min, ceil((c_ih + 0.01) / h_k)), c = 3.5 σ.
+
+    Args:
+        sigma: (N, H) Gaussian widths σ_ih in Å.
+        lattice_atoms: (N, 3, 3) the lattice of each atom's structure.
+    Returns:
+        (N, H, 3) long.
+    """
+    inv_h = 1.0 / plane_spacings(lattice_atoms)  # (N, 3)
+    c = cutoff_sigma * sigma + 0.01
+    R = torch.ceil(c[:, :, None] * inv_h[:, None, :]).long()
+    return R.clamp(min=r_min)
+
+
+def box_images(lattice: Tensor, pos: Tensor, ptr: Tensor, R: Tensor) -> Images:
+    """The official per-(atom, head) shift box (spec §3.3), centred on n = 0 with raw coordinates.
+
+    Args:
+        R: (N, H, 3) long half-widths; the slots of a structure span the largest box of its atoms
+            and heads, and ``mask`` (N, M, H) keeps |n_k| <= R_k(i, h).
+    """
+    device, dtype = pos.device, pos.dtype
+    pair_i, pair_j, pair_off = pair_list(ptr.cpu())
+    H = R.shape[1]
+    per_atom: list[dict] = []
+    Rc = R.cpu()
+    for s in range(lattice.shape[0]):
+        a0, a1 = int(ptr[s]), int(ptr[s + 1])
+        n = a1 - a0
+        Rmax = Rc[a0:a1].reshape(-1, 3).amax(0)
+        shifts = lexicographic_shifts(Rmax).to(device)
+        S = shifts.shape[0]
+        tvec = shifts.to(dtype) @ lattice[s]  # (S, 3), the emulation's r + n @ T
+        p = pos[a0:a1]
+        jj = torch.arange(n, device=device).repeat_interleave(S)
+        ss = torch.arange(S, device=device).repeat(n)
+        for li in range(n):
+            r = p - p[li]  # (n, 3)
+            vec = (r[:, None, :] + tvec[None, :, :]).reshape(-1, 3)
+            inside = (shifts.abs()[None, :, :] <= Rc[a0 + li].to(device)[:, None, :]).all(-1)  # (H, S)
+            per_atom.append({
+                "j": jj + a0,
+                "vec": vec,
+                "shift": shifts[ss],
+                "pair": int(pair_off[s]) + li * n + jj,
+                "self_pair": int(pair_off[s]) + li * n + li,
+                "mask": inside[:, ss].T,
+            })
+    t = _pad(per_atom, pos.shape[0], device, dtype, mask_heads=H)
+    d2 = (t["vec"] * t["vec"]).sum(-1)
+    return Images(j=t["j"], vec=t["vec"], d2=d2, mask=t["mask"], shift=t["shift"], pair=t["pair"],
+                  pair_i=pair_i.to(device), pair_j=pair_j.to(device))
+
+
+def default_cutoff(r0: float = 1.4, b: float = 0.5, tail: float = 3.5) -> float:
+    """Sphere radius covering ``tail`` × the largest possible σ (σ_max = r0 / sqrt(b) = 1.98 Å)."""
+    return tail * r0 / math.sqrt(b)

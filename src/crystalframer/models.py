@@ -1,0 +1,101 @@
+"""User-facing models: the pure networks of :mod:`crystalframer.nn` plus prediction on structures.
+
+Every model class follows one protocol, which the trainer, the checkpoint code and the command line use:
+
+* ``model.config``: JSON-able constructor arguments; ``type(model)(**model.config)`` rebuilds it.
+* buffers ``target_mean`` / ``target_std`` (n_targets,): outputs of ``forward`` are on the normalised
+  scale, ``ŷ · std + mean`` is in the targets' units.
+* ``model.collate(crystals) -> batch`` with ``.to(device)``, ``.y``, ``.ids``, ``.num_graphs``.
+* ``model(batch) -> (B, n_targets)``; ``model.embed_batch(batch) -> (B, d)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from crystalframer.data.structures import Crystal, read_structures
+from crystalframer.nn.model import CrystalFramerNet
+
+
+class PredictorMixin:
+    """``predict`` and ``embed`` on pymatgen Structures, ASE Atoms, file paths or Crystals."""
+
+    def _batches(self, structures: Any, batch_size: int, on_error: str):
+        if isinstance(structures, (str, Crystal)) or hasattr(structures, "lattice") or hasattr(structures, "cell"):
+            structures = [structures]
+        crystals, errors = read_structures(list(structures), on_error=on_error)
+        for k in range(0, len(crystals), batch_size):
+            yield crystals[k:k + batch_size]
+        self.last_errors = errors
+
+    def _device(self, device):
+        return torch.device(device) if device is not None else next(self.parameters()).device
+
+    @torch.no_grad()
+    def predict(self, structures: Iterable[Any], batch_size: int = 64, device: str | torch.device | None = None,
+                on_error: str = "raise") -> np.ndarray:
+        """Predict targets in their original units.
+
+        Args:
+            structures: pymatgen ``Structure`` / ASE ``Atoms`` / file paths / :class:`Crystal` (or one of them).
+            on_error: ``"raise"`` (default) or ``"skip"``: bad structures are left out and listed in
+                ``model.last_errors`` as (index, id, message).
+        Returns:
+            (n, n_targets) float64 array.
+        """
+        was_training = self.training
+        self.eval()
+        dev = self._device(device)
+        dtype = next(self.parameters()).dtype
+        out = []
+        try:
+            for chunk in self._batches(structures, batch_size, on_error):
+                batch = self.collate(chunk).to(dev, dtype)
+                out.append((self(batch) * self.target_std + self.target_mean).double().cpu().numpy())
+        finally:
+            self.train(was_training)
+        n_t = int(self.target_mean.shape[0])
+        return np.concatenate(out) if out else np.zeros((0, n_t))
+
+    @torch.no_grad()
+    def embed(self, structures: Iterable[Any], batch_size: int = 64, device: str | torch.device | None = None,
+              on_error: str = "raise") -> np.ndarray:
+        """Pooled embeddings (n, d) of the structures (the input of the prediction head)."""
+        was_training = self.training
+        self.eval()
+        dev = self._device(device)
+        dtype = next(self.parameters()).dtype
+        out = []
+        try:
+            for chunk in self._batches(structures, batch_size, on_error):
+                out.append(self.embed_batch(self.collate(chunk).to(dev, dtype)).double().cpu().numpy())
+        finally:
+            self.train(was_training)
+        return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+class CrystalFramer(PredictorMixin, CrystalFramerNet):
+    """CrystalFramer (Ito et al., ICLR 2025) and, with ``frame="none"``, Crystalformer (Taniai et al., ICLR 2024).
+
+    ``CrystalFramer(frame="max")`` builds the paper's default model (951,821 parameters);
+    ``frame="none"`` the baseline (853,517). See :class:`crystalframer.nn.model.CrystalFramerNet` for
+    every hyperparameter.
+    """
+
+    def collate(self, crystals: Sequence[Crystal]):
+        from crystalframer.data.batch import collate
+
+        return collate(crystals)
+
+
+#: Model classes by the name stored in checkpoints.
+MODEL_CLASSES: dict[str, type] = {"CrystalFramer": CrystalFramer}
+
+
+def register_model(cls: type) -> type:
+    """Make a model class loadable from checkpoints by its name."""
+    MODEL_CLASSES[cls.__name__] = cls
+    return cls

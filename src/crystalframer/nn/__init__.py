@@ -1,0 +1,1 @@
+"""Network modules: basis functions, attention, encoder, heads (tensors in, tensors out)."""
