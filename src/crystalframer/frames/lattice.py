@@ -43,9 +43,10 @@ def lattice_frame(lattice: Tensor, noise: float = 0.0) -> Tensor:
 class LatticeFrame(FrameMethod):
     """Lattice frames: one per crystal, from its shortest lattice vectors.
 
-    The shortest vectors come in ± pairs (and more ties in symmetric lattices); which member is taken
-    depends on the lattice basis given, so predictions change with the choice of unit cell (the
-    weakness the CrystalFramer paper points out).
+    The ± ambiguity of each vector cancels through the sign rules, so for a generic lattice the frame is
+    a function of the lattice alone. In lattices with several equally short vectors (cubic, tetragonal,
+    hexagonal, ...), which one is taken depends on the basis given, so predictions change with the
+    choice of unit cell (the weakness the CrystalFramer paper points out).
     """
 
     name = "lattice"

@@ -29,6 +29,8 @@ from crystalframer.nn.basis import AngleBasis, DistanceBasis, angle_histogram
 #: σ-normalisation pair used by an uncalibrated model in eval mode: the middle of the values the
 #: published models calibrate to (scale 22..32, shift ≈ ±0.01, spec §12 item 10).
 DEFAULT_SIGMA_NORM = (25.0, 0.0)
+#: Attention weights below this (the weights of an atom sum to 1) are left out of the angular sums.
+WEIGHT_FLOOR = 1e-12
 
 
 @dataclass
@@ -181,8 +183,23 @@ class DistanceDecayAttention(nn.Module):
             else:
                 with torch.no_grad():
                     frames = self.frame(inp)
-            cos = torch.einsum("nmc,nhkc->nmhk", unit, frames)
-            hist_a = angle_histogram(w, cos, ~selfimg, self.angle_basis)  # (N, H, 3, D)
+            hist_a = self._angle_sums(w, unit, frames, ~selfimg)  # (N, H, 3, D)
             out = out + self.angle_coef * torch.einsum("nhkd,khcd->nhc", hist_a, self.angle_proj)
             info["frames"] = frames.detach()
         return self.out(out.reshape(N, self.dim)), info
+
+    def _angle_sums(self, w: Tensor, unit: Tensor, frames: Tensor, has_dir: Tensor) -> Tensor:
+        """Σ_slots w · b(e_k · r̂) per (atom, head, axis), over the slots that carry weight.
+
+        Slots without a direction (self image, padding) or with w < WEIGHT_FLOOR for every head are left out
+        first: the dropped weight (< M · 1e-12 of the total) is invisible in float32, and in the published
+        box most slots are far images with such weights.
+        """
+        keep = has_dir & (w.detach().amax(-1) > WEIGHT_FLOOR)  # (N, M)
+        n_keep = int(keep.sum(1).max()) if keep.numel() else 0
+        order = torch.sort(keep.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :max(1, n_keep)]
+        keep = torch.gather(keep, 1, order)
+        w = torch.gather(w, 1, order[:, :, None].expand(-1, -1, w.shape[-1])) * keep[:, :, None]
+        unit = torch.gather(unit, 1, order[:, :, None].expand(-1, -1, 3))
+        cos = torch.einsum("nmc,nhkc->nhmk", unit, frames)
+        return angle_histogram(w.transpose(1, 2), cos, self.angle_basis)

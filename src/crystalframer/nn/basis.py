@@ -52,75 +52,77 @@ class AngleBasis:
     def centers(self, device=None, dtype=None) -> Tensor:
         return -1.0 + torch.arange(self.bins, device=device, dtype=dtype) * self.step
 
-    def window_mask(self, cos: Tensor) -> Tensor | None:
-        """(...,) cosines → (..., D) 0/1 mask of evaluated functions, or None without a window."""
-        if self.win is None:
-            return None
-        m = torch.arange(self.bins, device=cos.device)
-        end = torch.trunc(torch.clamp((cos + 1 + CUT_SIGMA * self.sigma) / self.step + 1, max=self.bins))
-        end = end.clamp(min=self.win).long()[..., None]
-        return ((m >= end - self.win) & (m < end)).to(cos.dtype)
-
-    def __call__(self, cos: Tensor) -> Tensor:
-        """(...,) cosines → (..., D) basis values (window applied)."""
+    def values(self, cos: Tensor) -> Tensor:
+        """(...,) cosines → (..., D) basis values (window applied), computed in place."""
         mu = self.centers(cos.device, cos.dtype)
-        out = torch.exp(-((cos[..., None] - mu) ** 2) / (2 * self.sigma**2))
-        mask = self.window_mask(cos)
-        return out if mask is None else out * mask
+        out = cos[..., None] - mu
+        out.mul_(out).mul_(-0.5 / self.sigma**2).exp_()
+        if self.win is not None:
+            m = torch.arange(self.bins, device=cos.device)
+            end = torch.trunc(torch.clamp((cos + 1 + CUT_SIGMA * self.sigma) / self.step + 1, max=self.bins))
+            end = end.clamp(min=self.win).long()[..., None]
+            out.masked_fill_((m < end - self.win) | (m >= end), 0.0)
+        return out
+
+    __call__ = values
 
 
 class _AngleHistogram(torch.autograd.Function):
-    """hist[i, h, k, :] = Σ_m w[i, m, h] · basis(cos[i, m, h, k]), over chunks of atoms.
+    """hist[i, h, k, :] = Σ_m w[i, h, m] · basis(cos[i, h, m, k]), over chunks of atoms.
 
-    Never holds the (N, M, H, 3, D) basis tensor: forward and backward recompute it chunk by chunk, so
-    peak memory is bounded by ``chunk`` atoms. Gradients flow to the weights w and to the cosines
-    (the latter only matter for frames that carry gradients, e.g. SPFrame).
+    Never holds the (N, H, M, 3, D) basis tensor: forward and backward recompute it chunk by chunk, so
+    peak memory is bounded by ``chunk`` atoms. The sums over slots are batched matrix products.
+    Gradients flow to the weights w and to the cosines (the latter only matter for frames that carry
+    gradients, e.g. SPFrame).
     """
 
     @staticmethod
-    def forward(ctx, w: Tensor, cos: Tensor, live: Tensor, basis: AngleBasis, chunk: int) -> Tensor:
-        N, M, H = w.shape
-        K = cos.shape[-1]
-        out = w.new_zeros(N, H, K, basis.bins)
+    def forward(ctx, w: Tensor, cos: Tensor, basis: AngleBasis, chunk: int) -> Tensor:
+        N, H, M = w.shape
+        K, D = cos.shape[-1], basis.bins
+        out = w.new_empty(N, H, K, D)
         for a in range(0, N, chunk):
             b = min(N, a + chunk)
-            g = basis(cos[a:b]) * live[a:b, :, None, None, None]  # (c, M, H, K, D)
-            out[a:b] = torch.einsum("cmh,cmhkd->chkd", w[a:b], g)
-        ctx.save_for_backward(w, cos, live)
+            g = basis.values(cos[a:b]).view((b - a) * H, M, K * D)
+            out[a:b] = torch.bmm(w[a:b].reshape(-1, 1, M), g).view(b - a, H, K, D)
+        ctx.save_for_backward(w, cos)
         ctx.basis, ctx.chunk = basis, chunk
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        w, cos, live = ctx.saved_tensors
+        w, cos = ctx.saved_tensors
         basis, chunk = ctx.basis, ctx.chunk
+        N, H, M = w.shape
+        K, D = cos.shape[-1], basis.bins
         need_w, need_cos = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gw = torch.zeros_like(w) if need_w else None
-        gc = torch.zeros_like(cos) if need_cos else None
+        gw = torch.empty_like(w) if need_w else None
+        gc = torch.empty_like(cos) if need_cos else None
         mu = basis.centers(cos.device, cos.dtype)
-        for a in range(0, w.shape[0], chunk):
-            b = min(w.shape[0], a + chunk)
-            g = basis(cos[a:b]) * live[a:b, :, None, None, None]  # (c, M, H, K, D)
+        for a in range(0, N, chunk):
+            b = min(N, a + chunk)
+            c = b - a
+            g = basis.values(cos[a:b])  # (c, H, M, K, D)
+            gr = grad[a:b].reshape(c * H, K * D, 1)
             if need_w:
-                gw[a:b] = torch.einsum("chkd,cmhkd->cmh", grad[a:b], g)
+                gw[a:b] = torch.bmm(g.view(c * H, M, K * D), gr).view(c, H, M)
             if need_cos:
-                # d/dcos exp(-(c-μ)²/2σ²) = -(c-μ)/σ² · value; the window edges are piecewise constant.
-                dg = g * (mu - cos[a:b, ..., None]) / basis.sigma**2
-                gc[a:b] = torch.einsum("chkd,cmh,cmhkd->cmhk", grad[a:b], w[a:b], dg)
-        return gw, gc, None, None, None
+                # d/dcos exp(-(x-μ)²/2σ²) = (μ-x)/σ² · value; the window edges are piecewise constant.
+                g.mul_((mu - cos[a:b, ..., None]) / basis.sigma**2)
+                gc[a:b] = torch.einsum("chkd,chmkd->chmk", grad[a:b], g) * w[a:b, :, :, None]
+        return gw, gc, None, None
 
 
-def angle_histogram(w: Tensor, cos: Tensor, live: Tensor, basis: AngleBasis, budget: int = 4_000_000) -> Tensor:
-    """Attention-weighted angular basis sums b̄ (spec §3.6, aggregated over every image of atom i).
+def angle_histogram(w: Tensor, cos: Tensor, basis: AngleBasis, budget: int = 4_000_000) -> Tensor:
+    """Attention-weighted angular basis sums b̄ (spec §3.6), aggregated over every image of atom i.
 
     Args:
-        w: (N, M, H) attention weight of each image slot.
-        cos: (N, M, H, K) direction cosines e_k · r̂ of each slot for each frame axis.
-        live: (N, M) 1 where the slot has a direction (non-self, valid), else 0.
+        w: (N, H, M) attention weight of each image slot (0 for slots without a direction).
+        cos: (N, H, M, K) direction cosines e_k · r̂ of each slot for each frame axis.
         budget: basis values held at once (bounds peak memory to a few × budget × 4 bytes).
     Returns:
         (N, H, K, D).
     """
-    N, M, H, K = cos.shape
+    N, H, M, K = cos.shape
     chunk = max(1, budget // max(1, M * H * K * basis.bins))
-    return _AngleHistogram.apply(w, cos, live.to(w.dtype), basis, chunk)
+    return _AngleHistogram.apply(w.contiguous(), cos.contiguous(), basis, chunk)
