@@ -60,6 +60,11 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _dep_digest(path: str) -> str:
+    """Digest of a file read indirectly; "absent" for a missing one (creating it must miss the cache)."""
+    return file_digest(path) if os.path.isfile(path) else "absent"
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for mod in ("pymatgen.core", "ase", "crystalframer"):
@@ -223,7 +228,7 @@ def load_cached(path: str | os.PathLike, key: str) -> CrystalDataset | None:
             if header.get("schema") != CACHE_SCHEMA_VERSION or header.get("key") != key:
                 return None
             for dep, digest in header.get("dependencies", {}).items():
-                if not os.path.isfile(dep) or file_digest(dep) != digest:
+                if _dep_digest(dep) != digest:
                     return None
             a = {k: z[k] for k in ("lattice", "atom_ptr", "positions", "site_ptr", "species_index",
                                    "species_occupancy", "targets")}
@@ -271,7 +276,12 @@ def cached_build(cache_dir: str | os.PathLike | None, settings: dict[str, Any], 
     if hit is not None:
         return hit
     ds, deps = build()
-    dep_digests = {os.path.abspath(os.fspath(d)): file_digest(d) for d in dict.fromkeys(deps)}
+    try:
+        if cache_key(settings, content()) != key:  # the input changed while it was read: do not cache
+            return ds
+    except Unhashable:
+        return ds
+    dep_digests = {p: _dep_digest(p) for p in dict.fromkeys(os.path.abspath(os.fspath(d)) for d in deps)}
     try:
         save_dataset(path, ds, key, dep_digests)
     except OSError as e:  # a read-only or full cache folder must not stop training

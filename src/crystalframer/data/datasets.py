@@ -138,7 +138,7 @@ class TargetStats:
                 "count": self.count.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TargetStats":
+    def from_dict(cls, d: dict[str, Any]) -> TargetStats:
         return cls(tuple(d["names"]), np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64),
                    np.asarray(d["count"], np.int64))
 
@@ -235,7 +235,7 @@ class CrystalDataset(Dataset):
         """(n,) int64 atoms per crystal."""
         return np.array([c.num_atoms for c in self.crystals], dtype=np.int64)
 
-    def subset(self, indices: Iterable[int], name: str | None = None) -> "CrystalDataset":
+    def subset(self, indices: Iterable[int], name: str | None = None) -> CrystalDataset:
         """The crystals at ``indices`` (in that order), keeping their split labels; errors are kept."""
         idx = [int(i) for i in indices]
         labels = None if self.split_labels is None else [self.split_labels[i] for i in idx]
@@ -244,7 +244,7 @@ class CrystalDataset(Dataset):
         return out
 
     @classmethod
-    def concat(cls, parts: Sequence["CrystalDataset"], name: str | None = None) -> "CrystalDataset":
+    def concat(cls, parts: Sequence[CrystalDataset], name: str | None = None) -> CrystalDataset:
         """Concatenate data sets with the same targets. Split labels survive only if every part has them."""
         if not parts:
             raise ValueError("nothing to concatenate")
@@ -260,7 +260,7 @@ class CrystalDataset(Dataset):
 
     # -- splits ------------------------------------------------------------------------------------
     def split(self, fractions: Sequence[float] | None = None, seed: int = DEFAULT_SEED, method: str = "auto",
-              from_file: str | os.PathLike | None = None) -> "DatasetSplits":
+              from_file: str | os.PathLike | None = None) -> DatasetSplits:
         """Split into train / val / test.
 
         Args:
@@ -300,7 +300,7 @@ class CrystalDataset(Dataset):
         fr = tuple(DEFAULT_FRACTIONS if fractions is None else fractions)
         return self._make_splits(split_indices(n, fr, seed), "random", seed, fr)
 
-    def _make_splits(self, idx: dict[str, np.ndarray], method: str, seed, fractions) -> "DatasetSplits":
+    def _make_splits(self, idx: dict[str, np.ndarray], method: str, seed, fractions) -> DatasetSplits:
         parts = {}
         for s in SPLITS:
             sub = self.subset(idx[s], name=f"{self.name}[{s}]")
@@ -324,6 +324,8 @@ class CrystalDataset(Dataset):
         if split is not None and self.split_labels is not None:
             s = normalize_split_label(split)
             y = y[np.array([lab == s for lab in self.split_labels], dtype=bool)]
+            if len(y) == 0:
+                raise ValueError(f"{self.name}: no entry is labelled {s!r}; pass split=None to use every entry")
         return target_stats_of(y, self.target_names)
 
     @staticmethod
@@ -409,7 +411,7 @@ SHARED_SETS: dict[str, SharedSet] = {
 
 
 def load_shared(name: str, root: str | os.PathLike, split: str | None = None, on_error: str = "skip",
-                cache_dir: str | os.PathLike | None = None) -> CrystalDataset:
+                cache_dir: str | os.PathLike | None = None, limit: int | None = None) -> CrystalDataset:
     """Load one of the real data sets of the shared data folder with its natural targets.
 
     * perov_5: ``heat_all`` (eV); train = the 1,024-row ``dev_train`` subset, val, test.
@@ -426,6 +428,8 @@ def load_shared(name: str, root: str | os.PathLike, split: str | None = None, on
         name: one of :data:`SHARED_SETS`.
         root: the shared data folder (holding ``<name>/``) or the set's own folder.
         split: None for every available split, or "train" / "val" / "test" (only that part is parsed).
+        on_error, cache_dir: as for :func:`crystalframer.data.readers.load_dataset`.
+        limit: read only the first ``limit`` rows of each split (quick checks); None reads everything.
     """
     import pandas as pd
 
@@ -448,7 +452,11 @@ def load_shared(name: str, root: str | os.PathLike, split: str | None = None, on
             path = folder / spec.files[s]
             if not path.exists():
                 raise FileNotFoundError(f"{path} not found (shared data set {name})")
-            ds = readers.load_dataset(path, **kw)
+            if limit is None:
+                ds = readers.load_dataset(path, **kw)
+            else:
+                ds = readers.read_dataframe(readers.read_table(path).head(limit), base_dir=folder,
+                                            name=path.name, **kw)
             ds.split_labels = [s] * len(ds)
             ds.name = f"{name}[{s}]"
             parts.append(ds)
@@ -465,6 +473,8 @@ def load_shared(name: str, root: str | os.PathLike, split: str | None = None, on
     df = df.assign(_split=labels)
     if want is not None:
         df = df[df["_split"] == want]
+    if limit is not None:
+        df = df.groupby("_split", sort=False, group_keys=False).head(limit)
     ds = readers.read_dataframe(pd.DataFrame(df), split_column="_split", base_dir=folder,
                                 name=name if want is None else f"{name}[{want}]", **kw)
     return ds
