@@ -1,0 +1,129 @@
+"""The ``crystalframer`` command line end to end on a few real perov_5 structures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crystalframer.cli import main
+from tests.training.helpers import TINY, perov_crystals, write_fake_shared_root, write_perov_csv
+
+TINY_FLAGS = ["--num-layers", "1", "--model-dim", "32", "--num-heads", "4", "--ff-dim", "64", "--cutoff", "4.0",
+              "--model-arg", "head_dims=[32]", "--model-arg", "dist_bins=16", "--model-arg", "angle_bins=16",
+              "--model-arg", "frame_noise=0"]
+assert {"num_layers", "model_dim", "num_heads", "ff_dim", "cutoff"} < set(TINY)
+QUICK = ["--preset", "quick", "--epochs", "2", "--swa-epochs", "1", "--batch-size", "8", "--accelerator", "cpu",
+         "--devices", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data, tmp_path_factory):
+    """A run trained through the CLI on a tiny copy of the shared perov_5 folder."""
+    tmp = tmp_path_factory.mktemp("cli")
+    root = write_fake_shared_root(shared_data, tmp / "shared", n=16)
+    out = tmp / "run"
+    rc = main(["train", "--dataset", "perov_5", "--data-root", str(root), "--frame", "max", *QUICK, *TINY_FLAGS,
+               "--no-tensorboard", "-o", str(out)])
+    assert rc == 0
+    return out, root
+
+
+def _structure_files(shared_data, folder: Path, n: int = 3) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for c in perov_crystals(shared_data, "test", n):
+        p = folder / f"perov-{c.id}.cif"
+        c.to_pymatgen().to(filename=str(p))
+        files.append(p)
+    return files
+
+
+def test_train_prints_the_test_mae_and_writes_the_run(trained, capsys):
+    out, _ = trained
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split_sizes"] == {"train": 16, "val": 16, "test": 16}
+    assert metrics["target_units"] == ["eV"] and metrics["global_steps"] == 4
+    for name in ("model.pt", "checkpoints/best.pt", "parity_test.png", "learning_curves.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    import yaml
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["data"]["dataset"] == "perov_5" and cfg["frame"] == "max" and cfg["model"]["head_dims"] == [32]
+
+
+def test_train_output_line(shared_data, tmp_path, capsys):
+    data = write_perov_csv(shared_data, tmp_path / "perov.csv", n_train=8, n_val=4, n_test=4)
+    rc = main(["train", "--data", str(data), "--targets", "heat_all", "--units", "eV", "--frame", "none", *QUICK,
+               *TINY_FLAGS, "--no-tensorboard", "--no-plots", "--epochs", "1", "--swa-epochs", "0",
+               "-o", str(tmp_path / "run")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    mae = metrics["last"]["test"]["heat_all"]["mae"]
+    assert f"test MAE (last) heat_all: {mae:.6g} eV" in text
+    assert metrics["split_sizes"] == {"train": 8, "val": 4, "test": 4}
+    # the run folder is protected: a second start without --resume is refused
+    assert main(["train", "--data", str(data), "--targets", "heat_all", *QUICK, *TINY_FLAGS,
+                 "-o", str(tmp_path / "run")]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # --resume of a finished run re-reads its config and only re-evaluates
+    assert main(["train", "--resume", "-o", str(tmp_path / "run"), "--no-progress"]) == 0
+    again = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert again["last"]["test"]["heat_all"]["mae"] == pytest.approx(mae, rel=1e-6)
+
+
+def test_predict_evaluate_embed(trained, shared_data, tmp_path, capsys):
+    out, root = trained
+    ckpt = out / "model.pt"
+    files = _structure_files(shared_data, tmp_path / "cifs")
+    bad = tmp_path / "cifs" / "broken.cif"
+    bad.write_text("data_broken\n_cell_length_a 3.0\nthis is not a CIF\n")
+    preds = tmp_path / "preds.csv"
+    rc = main(["predict", str(ckpt), *map(str, files), str(bad), str(tmp_path / "missing.cif"), "-o", str(preds),
+               "--device", "cpu"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "broken.cif" in err and "missing.cif" in err
+    with open(preds) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == [p.stem for p in files]
+    assert list(rows[0]) == ["id", "heat_all [eV]"]
+    # same numbers as the Python API on the same files
+    from crystalframer.checkpoint import load
+
+    ref = load(ckpt).predict([str(p) for p in files])[:, 0]
+    assert np.allclose([float(r["heat_all [eV]"]) for r in rows], ref, atol=1e-6)
+    assert main(["predict", str(ckpt), str(bad), "-o", str(tmp_path / "none.csv")]) == 1
+    assert main(["predict", str(ckpt), str(files[0]), str(bad), "-o", str(tmp_path / "s.csv"), "--strict"]) == 1
+    capsys.readouterr()
+
+    # evaluate on the test split of the shared set: same MAE as the run's own final evaluation
+    js = tmp_path / "eval.json"
+    assert main(["evaluate", str(ckpt), "perov_5", "--data-root", str(root), "--split", "test", "--json", str(js),
+                 "-o", str(tmp_path / "eval.csv"), "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    got = json.loads(js.read_text())["metrics"]["heat_all"]
+    assert got["n"] == 16 and got["mae"] == pytest.approx(metrics["swa"]["test"]["heat_all"]["mae"], rel=1e-5)
+    assert "heat_all: MAE" in capsys.readouterr().out
+
+    emb = tmp_path / "emb.npz"
+    assert main(["embed", str(ckpt), str(tmp_path / "cifs"), "-o", str(emb), "--device", "cpu"]) == 0
+    z = np.load(emb)
+    assert z["embeddings"].shape == (3, 32) and sorted(z["ids"].tolist()) == sorted(p.stem for p in files)
+    assert main(["info", str(ckpt)]) == 0 and "CrystalFramer" in capsys.readouterr().out
+    assert main(["info", str(bad)]) == 1
+
+
+def test_console_entry_point_runs_as_a_module():
+    import crystalframer
+
+    src = str(Path(crystalframer.__file__).resolve().parents[1])
+    r = subprocess.run([sys.executable, "-m", "crystalframer.cli", "--help"], capture_output=True, text=True,
+                       env={**__import__("os").environ, "PYTHONPATH": src}, timeout=120)
+    assert r.returncode == 0 and "train" in r.stdout and "predict" in r.stdout
