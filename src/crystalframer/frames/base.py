@@ -64,7 +64,8 @@ FRAMES: dict[str, "FrameMethod"] = {}
 
 
 class FrameMethod(torch.nn.Module):
-    """Base class: ``forward(inp: FrameInput) -> (N, H, 3, 3)`` axes as rows."""
+    """Base class: ``forward(inp: FrameInput) -> (N, H, 3, 3)`` axes as rows, or a weighted set of
+    candidate frames ``(axes (N, H, T, 3, 3), weights (N, H, T))`` whose angular features are averaged."""
 
     #: name in the registry
     name: str = ""

@@ -51,6 +51,18 @@ class Geometry:
     ptr: Tensor
 
 
+def as_frame_set(frames: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """A frame method's output → (axes (N, H, T, 3, 3), weights (N, H, T)).
+
+    Methods return either one frame per (atom, head), (N, H, 3, 3), or a weighted set of candidate
+    frames ``(axes, weights)`` whose angular features are averaged (e.g. over tied choices).
+    """
+    if isinstance(frames, tuple):
+        axes, weights = frames
+        return axes, weights.to(axes.dtype)
+    return frames[:, :, None], torch.ones(frames.shape[:2] + (1,), dtype=frames.dtype, device=frames.device)
+
+
 class DistanceDecayAttention(nn.Module):
     """One multi-head attention layer of Crystalformer / CrystalFramer.
 
@@ -183,13 +195,18 @@ class DistanceDecayAttention(nn.Module):
             else:
                 with torch.no_grad():
                     frames = self.frame(inp)
-            hist_a = self._angle_sums(w, unit, frames, ~selfimg)  # (N, H, 3, D)
+            frames, frame_w = as_frame_set(frames)
+            hist_a = self._angle_sums(w, unit, frames, frame_w, ~selfimg)  # (N, H, 3, D)
             out = out + self.angle_coef * torch.einsum("nhkd,khcd->nhc", hist_a, self.angle_proj)
-            info["frames"] = frames.detach()
+            info["frames"] = frames[:, :, 0].detach()
+            info["frame_set"] = (frames.detach(), frame_w.detach())
         return self.out(out.reshape(N, self.dim)), info
 
-    def _angle_sums(self, w: Tensor, unit: Tensor, frames: Tensor, has_dir: Tensor) -> Tensor:
-        """Σ_slots w · b(e_k · r̂) per (atom, head, axis), over the slots that carry weight.
+    def _angle_sums(self, w: Tensor, unit: Tensor, frames: Tensor, frame_w: Tensor, has_dir: Tensor) -> Tensor:
+        """Σ_t frame_w_t Σ_slots w · b(e_k^t · r̂) per (atom, head, axis), over the slots that carry weight.
+
+        ``frames`` (N, H, T, 3, 3) holds T candidate frames per (atom, head) with weights ``frame_w``
+        (N, H, T) summing to 1 (T = 1 for a single frame): the angular features are averaged over them.
 
         Slots without a direction (self image, padding) or with w < WEIGHT_FLOOR for every head are left out
         first: the dropped weight (< M · 1e-12 of the total) is invisible in float32, and in the published
@@ -201,5 +218,7 @@ class DistanceDecayAttention(nn.Module):
         keep = torch.gather(keep, 1, order)
         w = torch.gather(w, 1, order[:, :, None].expand(-1, -1, w.shape[-1])) * keep[:, :, None]
         unit = torch.gather(unit, 1, order[:, :, None].expand(-1, -1, 3))
-        cos = torch.einsum("nmc,nhkc->nhmk", unit, frames)
-        return angle_histogram(w.transpose(1, 2), cos, self.angle_basis)
+        N, H, T = frames.shape[:3]
+        cos = torch.einsum("nmc,nhkc->nhmk", unit, frames.reshape(N, H, T * 3, 3))
+        hist = angle_histogram(w.transpose(1, 2), cos, self.angle_basis).view(N, H, T, 3, -1)
+        return torch.einsum("nhtkd,nht->nhkd", hist, frame_w)
