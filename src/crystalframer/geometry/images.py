@@ -119,8 +119,12 @@ def _pad(per_atom: list[dict], n_atoms: int, device, dtype, mask_heads: int | No
     return {k: v.to(device) for k, v in out.items()}
 
 
-def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chunk: int = 64) -> Images:
-    """Every image within ``cutoff`` Å of each atom, the self image included (float64 selection).
+def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chunk_pairs: int = 2_000_000) -> Images:
+    """Every image within ``cutoff`` Å of each atom, the self image included (selection in float64).
+
+    Differences p_j − p_i are first reduced to the nearest image, so the result does not depend on which
+    periodic image of each atom is given. Work is vectorised per structure, in chunks of atoms i so that at
+    most ``chunk_pairs`` (pair, shift) candidates are held at once.
 
     Args:
         lattice: (B, 3, 3), pos: (N, 3), ptr: (B + 1,).
@@ -129,38 +133,52 @@ def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chun
     device, dtype = pos.device, pos.dtype
     lat64 = lattice.detach().to("cpu", torch.float64)
     pos64 = pos.detach().to("cpu", torch.float64)
-    pair_i, pair_j, pair_off = pair_list(ptr.cpu())
-    per_atom: list[dict] = []
+    ptr_c = ptr.cpu()
+    pair_i, pair_j, pair_off = pair_list(ptr_c)
     c2 = cutoff * cutoff
+    E_i, E_j, E_vec, E_shift = [], [], [], []
     for s in range(lat64.shape[0]):
-        a0, a1 = int(ptr[s]), int(ptr[s + 1])
+        a0, a1 = int(ptr_c[s]), int(ptr_c[s + 1])
         n = a1 - a0
         T = lat64[s]
-        shifts = lexicographic_shifts(shift_range(T.numpy(), cutoff)).to(torch.float64)
+        shifts = lexicographic_shifts(shift_range(T.numpy(), cutoff))
+        tvec = shifts.to(torch.float64) @ T  # (S, 3)
         inv = torch.linalg.inv(T)
         p = pos64[a0:a1]
-        for c0 in range(0, n, chunk):
-            c1 = min(n, c0 + chunk)
+        step = max(1, chunk_pairs // max(1, n * shifts.shape[0]))
+        for c0 in range(0, n, step):
+            c1 = min(n, c0 + step)
             f = (p[None, :, :] - p[c0:c1, None, :]) @ inv  # (c, n, 3) fractional differences
             m = torch.round(f)
-            cand = (f - m)[:, :, None, :] + shifts[None, None]  # (c, n, S, 3)
-            vec = cand @ T
+            red = (f - m) @ T  # nearest-image difference vectors
+            vec = red[:, :, None, :] + tvec[None, None]  # (c, n, S, 3)
             d2 = (vec * vec).sum(-1)
-            keep = d2 <= c2
-            for li in range(c1 - c0):
-                jj, ss = torch.nonzero(keep[li], as_tuple=True)  # j-major, then lexicographic n
-                i_loc = c0 + li
-                per_atom.append({
-                    "j": jj + a0,
-                    "vec": vec[li, jj, ss].to(dtype),
-                    "shift": (shifts[ss] - m[li, jj]).long(),
-                    "pair": int(pair_off[s]) + i_loc * n + jj,
-                    "self_pair": int(pair_off[s]) + i_loc * n + i_loc,
-                })
-    t = _pad(per_atom, pos.shape[0], device, dtype)
-    d2 = (t["vec"] * t["vec"]).sum(-1)
-    return Images(j=t["j"], vec=t["vec"], d2=d2, mask=t["mask"], shift=t["shift"], pair=t["pair"],
-                  pair_i=pair_i.to(device), pair_j=pair_j.to(device))
+            ii, jj, ss = torch.nonzero(d2 <= c2, as_tuple=True)  # i, then j, then lexicographic n
+            E_i.append(ii + c0 + a0)
+            E_j.append(jj + a0)
+            E_vec.append(vec[ii, jj, ss])
+            E_shift.append(shifts[ss] - m[ii, jj].long())
+    ei, ej = torch.cat(E_i), torch.cat(E_j)
+    N = pos.shape[0]
+    counts = torch.bincount(ei, minlength=N)
+    first = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(ei.shape[0]) - first[ei]
+    M = max(1, int(counts.max()))
+    j = torch.arange(N)[:, None].repeat(1, M)
+    j[ei, slot] = ej
+    vec = torch.zeros(N, M, 3, dtype=torch.float64)
+    vec[ei, slot] = torch.cat(E_vec)
+    shift = torch.zeros(N, M, 3, dtype=torch.long)
+    shift[ei, slot] = torch.cat(E_shift)
+    mask = torch.zeros(N, M, dtype=torch.bool)
+    mask[ei, slot] = True
+    struct = torch.repeat_interleave(torch.arange(ptr_c.shape[0] - 1), ptr_c[1:] - ptr_c[:-1])  # (N,)
+    n_s = (ptr_c[1:] - ptr_c[:-1])[struct]
+    local_i = torch.arange(N) - ptr_c[struct]
+    pair = pair_off[struct][:, None] + local_i[:, None] * n_s[:, None] + (j - ptr_c[struct][:, None])
+    vec = vec.to(dtype)
+    return Images(j=j.to(device), vec=vec.to(device), d2=(vec * vec).sum(-1).to(device), mask=mask.to(device),
+                  shift=shift.to(device), pair=pair.to(device), pair_i=pair_i.to(device), pair_j=pair_j.to(device))
 
 
 def official_box_radius(sigma: Tensor, lattice_atoms: Tensor, cutoff_sigma: float = 3.5,

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from crystalframer.frames.base import FrameInput, FrameMethod
 from crystalframer.geometry.images import Images, box_images, official_box_radius
-from crystalframer.nn.basis import AngleBasis, DistanceBasis, angle_histogram
+from crystalframer.nn.basis import AngleBasis, DistanceBasis, angle_features, angle_histogram
 
 #: σ-normalisation pair used by an uncalibrated model in eval mode: the middle of the values the
 #: published models calibrate to (scale 22..32, shift ≈ ±0.01, spec §12 item 10).
@@ -196,29 +196,30 @@ class DistanceDecayAttention(nn.Module):
                 with torch.no_grad():
                     frames = self.frame(inp)
             frames, frame_w = as_frame_set(frames)
-            hist_a = self._angle_sums(w, unit, frames, frame_w, ~selfimg)  # (N, H, 3, D)
-            out = out + self.angle_coef * torch.einsum("nhkd,khcd->nhc", hist_a, self.angle_proj)
+            out = out + self.angle_coef * self._angle_psi(w, unit, frames, frame_w, ~selfimg)
             info["frames"] = frames[:, :, 0].detach()
             info["frame_set"] = (frames.detach(), frame_w.detach())
         return self.out(out.reshape(N, self.dim)), info
 
-    def _angle_sums(self, w: Tensor, unit: Tensor, frames: Tensor, frame_w: Tensor, has_dir: Tensor) -> Tensor:
-        """Σ_t frame_w_t Σ_slots w · b(e_k^t · r̂) per (atom, head, axis), over the slots that carry weight.
+    def _angle_psi(self, w: Tensor, unit: Tensor, frames: Tensor, frame_w: Tensor, has_dir: Tensor) -> Tensor:
+        """Σ_t fw_t Σ_k W_k,h Σ_slots w · b(e_k^t · r̂): the angular encoding per (atom, head), (N, H, d_h).
 
         ``frames`` (N, H, T, 3, 3) holds T candidate frames per (atom, head) with weights ``frame_w``
         (N, H, T) summing to 1 (T = 1 for a single frame): the angular features are averaged over them.
-
-        Slots without a direction (self image, padding) or with w < WEIGHT_FLOOR for every head are left out
-        first: the dropped weight (< M · 1e-12 of the total) is invisible in float32, and in the published
-        box most slots are far images with such weights.
+        Slots without a direction (self image, padding) or with w < WEIGHT_FLOOR for every head are left
+        out first: the dropped weight (< M · 1e-12 of the total) is invisible in float32, and in the
+        published box most slots are far images with such weights.
         """
         keep = has_dir & (w.detach().amax(-1) > WEIGHT_FLOOR)  # (N, M)
         n_keep = int(keep.sum(1).max()) if keep.numel() else 0
         order = torch.sort(keep.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :max(1, n_keep)]
         keep = torch.gather(keep, 1, order)
-        w = torch.gather(w, 1, order[:, :, None].expand(-1, -1, w.shape[-1])) * keep[:, :, None]
+        w = (torch.gather(w, 1, order[:, :, None].expand(-1, -1, w.shape[-1])) * keep[:, :, None]).transpose(1, 2)
         unit = torch.gather(unit, 1, order[:, :, None].expand(-1, -1, 3))
         N, H, T = frames.shape[:3]
-        cos = torch.einsum("nmc,nhkc->nhmk", unit, frames.reshape(N, H, T * 3, 3))
-        hist = angle_histogram(w.transpose(1, 2), cos, self.angle_basis).view(N, H, T, 3, -1)
-        return torch.einsum("nhtkd,nht->nhkd", hist, frame_w)
+        cos = torch.einsum("nmc,nhtkc->nhmtk", unit, frames)  # (N, H, M, T, 3)
+        if self.angle_basis.win is None:
+            return angle_features(w, cos, frame_w, self.angle_basis, self.angle_proj)
+        # the published windows: direct evaluation of every basis function (parity mode)
+        hist = angle_histogram(w, cos.reshape(N, H, -1, T * 3), self.angle_basis).view(N, H, T, 3, -1)
+        return torch.einsum("nhtkd,nht,khcd->nhc", hist, frame_w, self.angle_proj)

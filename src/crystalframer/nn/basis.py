@@ -40,14 +40,59 @@ class DistanceBasis:
 
 
 class AngleBasis:
-    """D Gaussians on cosines in [−1, 1]: μ_m = −1 + 2m/(D−1), σ_a = s·2/(D−1)."""
+    """D Gaussians on cosines in [−1, 1]: μ_m = −1 + 2m/(D−1), σ_a = s·2/(D−1).
 
-    def __init__(self, bins: int = 64, width: float = 4.0, window: bool = False):
+    Besides direct evaluation, the basis offers a *moment expansion* (used for the paper's unwindowed
+    basis): with j0 the nearest centre of c, u = (c − μ_j0)/ι ∈ [−½, ½] and k = d − j0,
+
+        G_d(c) = exp(−s u²/2) · exp(s u k) · exp(−s k²/2),   s = ι²/σ² = 1/width²,
+
+    and the middle factor is a Taylor series in u. So Σ_m w_m G_d(c_m) = Σ_(j0,p) A[(j0,p), d] · M_(j0,p)
+    with moments M_(j0,p) = Σ_(m: nearest centre j0) w_m exp(−s u_m²/2) u_m^p. The number of terms is
+    chosen so that the truncation error is below 1e-9 of the largest basis value.
+    """
+
+    def __init__(self, bins: int = 64, width: float = 4.0, window: bool = False, tol: float = 1e-9):
         self.bins, self.width = bins, width
         self.step = 2.0 / (bins - 1)
         self.sigma = width * self.step
         ar = math.ceil(2 * width * CUT_SIGMA + 1)
         self.win = ar if (window and bins - ar > 8) else None
+        self.s = 1.0 / width**2
+        k = torch.arange(-(bins - 1), bins, dtype=torch.float64).abs()
+        P = 1
+        while P < 40:  # remainder of the Taylor series of exp(s u k) at |u| = 1/2, times exp(−s k²/2)
+            x = self.s * k / 2
+            bound = torch.exp(-self.s * k**2 / 2 + x + (P + 1) * torch.log(x.clamp_min(1e-300))
+                              - math.lgamma(P + 2))
+            if bound.max() < tol:
+                break
+            P += 1
+        self.n_moments = P + 1
+        self._matrix: dict = {}
+
+    def moment_matrix(self, device=None, dtype=None) -> Tensor:
+        """A: (D · P, D) with A[j0 · P + p, d] = (s k)^p / p! · exp(−s k²/2), k = d − j0."""
+        key = (device, dtype)
+        if key not in self._matrix:
+            D, P = self.bins, self.n_moments
+            k = (torch.arange(D)[None, :] - torch.arange(D)[:, None]).double()  # (j0, d)
+            p = torch.arange(P, dtype=torch.float64)
+            logfact = torch.lgamma(p + 1)
+            A = (self.s * k[:, None, :]) ** p[None, :, None] / torch.exp(logfact)[None, :, None]
+            A = A * torch.exp(-self.s * k**2 / 2)[:, None, :]
+            self._matrix[key] = A.reshape(D * P, D).to(device=device, dtype=dtype)
+        return self._matrix[key]
+
+    def moments(self, cos: Tensor) -> tuple[Tensor, Tensor]:
+        """(...,) cosines → nearest-centre index j0 (...,) and moments exp(−s u²/2) u^p (..., P)."""
+        j0 = torch.round((cos + 1) / self.step).clamp(0, self.bins - 1)
+        u = (cos - (j0 * self.step - 1)) / self.step
+        e = torch.exp(-0.5 * self.s * u * u)
+        pw = [e]
+        for _ in range(self.n_moments - 1):
+            pw.append(pw[-1] * u)
+        return j0.long(), torch.stack(pw, -1)
 
     def centers(self, device=None, dtype=None) -> Tensor:
         return -1.0 + torch.arange(self.bins, device=device, dtype=dtype) * self.step
@@ -111,6 +156,33 @@ class _AngleHistogram(torch.autograd.Function):
                 g.mul_((mu - cos[a:b, ..., None]) / basis.sigma**2)
                 gc[a:b] = torch.einsum("chkd,chmkd->chmk", grad[a:b], g) * w[a:b, :, :, None]
         return gw, gc, None, None
+
+
+def angle_features(w: Tensor, cos: Tensor, frame_w: Tensor, basis: AngleBasis, proj: Tensor) -> Tensor:
+    """Projected angular encodings Σ_t fw_t Σ_k W_k,h Σ_m w_m b(cos_mtk), by the moment expansion.
+
+    Args:
+        w: (N, H, M) attention weights of the slots.
+        cos: (N, H, M, T, K) cosines of each slot with axis k of candidate frame t.
+        frame_w: (N, H, T) weights of the candidate frames (sum to 1).
+        proj: (K, H, C, D) projections W_k,h.
+    Returns:
+        (N, H, C). Exact to the expansion's 1e-9 truncation; differentiable in w, cos, frame_w and proj.
+    """
+    if basis.win is not None:
+        raise ValueError("the moment expansion is for the full basis; use angle_histogram with windows")
+    N, H, M, T, K = cos.shape
+    D, P = basis.bins, basis.n_moments
+    j0, mom = basis.moments(cos)  # (N, H, M, T, K), (..., P)
+    scale = w[:, :, :, None, None] * frame_w[:, :, None, :, None]
+    src = (mom * scale[..., None]).reshape(-1, P)
+    row = torch.arange(N * H, device=cos.device).view(N, H, 1, 1, 1) * K + torch.arange(K, device=cos.device)
+    index = (row * D + j0).reshape(-1)
+    acc = torch.zeros(N * H * K * D, P, dtype=src.dtype, device=src.device).index_add_(0, index, src)
+    acc = acc.view(N, H, K, D * P)
+    A = basis.moment_matrix(cos.device, cos.dtype)  # (D·P, D)
+    proj_a = torch.einsum("xd,khcd->khxc", A, proj)  # (K, H, D·P, C)
+    return torch.einsum("nhkx,khxc->nhc", acc, proj_a)
 
 
 def angle_histogram(w: Tensor, cos: Tensor, basis: AngleBasis, budget: int = 4_000_000) -> Tensor:

@@ -239,10 +239,13 @@ def canonical_group_name(name: str) -> str:
     return key
 
 
-@functools.lru_cache(maxsize=None)
 def get_group(name: str) -> CellGroup:
-    """The :class:`CellGroup` called ``name`` (colours computed once and cached)."""
-    key = canonical_group_name(name)
+    """The :class:`CellGroup` called ``name`` or one of its aliases (colours computed once and cached)."""
+    return _build_group(canonical_group_name(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _build_group(key: str) -> CellGroup:
     gens = generators_for(key)
     C = colour_matrix(gens)
     C.setflags(write=False)
@@ -279,7 +282,7 @@ class CellEquivariantLinear(nn.Module):
         K = self.group.num_colours
         self.weight = nn.Parameter(torch.empty(K, out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features))
-        self.register_buffer("colours", torch.as_tensor(self.group.colours), persistent=False)
+        self.register_buffer("colours", torch.tensor(self.group.colours), persistent=False)
         self.fan_in_slots = fan_in_slots
         self.reset_parameters()
 
