@@ -201,3 +201,23 @@ def test_gradcheck_angle_histogram_including_cosines():
     assert torch.autograd.gradcheck(lambda w, c: angle_histogram(w, c, basis, budget=64), (w, cos))
     full = torch.einsum("nhm,nhmkd->nhkd", w, basis(cos))
     assert torch.allclose(angle_histogram(w, cos, basis, budget=64), full, atol=1e-14)
+
+
+@pytest.mark.parametrize("width,bins", [(4.0, 64), (1.0, 16)])
+def test_moment_expansion_matches_direct_basis_sums(width, bins):
+    """The fast angular path (Taylor moments around the nearest centre) equals direct evaluation."""
+    from crystalframer.nn.basis import angle_features
+
+    torch.manual_seed(7)
+    basis = AngleBasis(bins, width)
+    N, H, M, T, K = 5, 3, 7, 2, 3
+    w = torch.rand(N, H, M, dtype=torch.float64, requires_grad=True)
+    cos = (torch.rand(N, H, M, T, K, dtype=torch.float64) * 2 - 1)
+    cos[0, 0, :2, 0, 0] = torch.tensor([1.0, -1.0], dtype=torch.float64)  # the ends of the basis
+    cos.requires_grad_()
+    fw = torch.softmax(torch.rand(N, H, T, dtype=torch.float64), -1).requires_grad_()
+    proj = torch.randn(K, H, 4, bins, dtype=torch.float64, requires_grad=True)
+    hist = angle_histogram(w, cos.reshape(N, H, M, T * K), basis).view(N, H, T, K, bins)
+    ref = torch.einsum("nhtkd,nht,khcd->nhc", hist, fw, proj)
+    assert (angle_features(w, cos, fw, basis, proj) - ref).abs().max() < 1e-8
+    assert torch.autograd.gradcheck(lambda w, c, f, p: angle_features(w, c, f, basis, p), (w, cos, fw, proj))

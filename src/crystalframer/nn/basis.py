@@ -158,6 +158,59 @@ class _AngleHistogram(torch.autograd.Function):
         return gw, gc, None, None
 
 
+class _MomentScatter(torch.autograd.Function):
+    """Moments of :class:`AngleBasis`: acc[p, k, h, n, j0] = Σ_(m,t) w_nhm fw_nht exp(−s u²/2) u^p.
+
+    The (elements × P) moments are never stored: forward builds them one power at a time, backward
+    recomputes them with Horner sums. Gradients flow to w, fw and the cosines.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, fw: Tensor, cos: Tensor, basis: AngleBasis) -> Tensor:
+        N, H, M, T, K = cos.shape
+        D, P = basis.bins, basis.n_moments
+        dev = cos.device
+        j0 = torch.round((cos + 1) / basis.step).clamp_(0, D - 1)
+        u = (cos - (j0 * basis.step - 1)) / basis.step
+        base = ((torch.arange(K, device=dev) * H + torch.arange(H, device=dev)[:, None, None, None]) * N
+                + torch.arange(N, device=dev)[:, None, None, None, None]) * D  # (N, H, 1, 1, K)
+        index = (base + j0.long()).reshape(-1)
+        scale = w[:, :, :, None, None] * fw[:, :, None, :, None]
+        term = (torch.exp(-0.5 * basis.s * u * u) * scale).reshape(-1)
+        uf = u.reshape(-1)
+        acc = cos.new_zeros(P, K * H * N * D)
+        for p in range(P):
+            acc[p].index_add_(0, index, term)
+            if p + 1 < P:
+                term = term * uf
+        ctx.save_for_backward(w, fw, u, index)
+        ctx.basis = basis
+        return acc.view(P, K, H, N, D)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        w, fw, u, index = ctx.saved_tensors
+        basis = ctx.basis
+        P = basis.n_moments
+        grad = grad.reshape(P, -1)
+        g = [grad[p].index_select(0, index).view(u.shape) for p in range(P)]
+        e = torch.exp(-0.5 * basis.s * u * u)
+        poly = g[P - 1]  # Σ_p g_p u^p by Horner
+        for p in range(P - 2, -1, -1):
+            poly = poly * u + g[p]
+        g_scale = poly * e
+        gw = (g_scale * fw[:, :, None, :, None]).sum((3, 4)) if ctx.needs_input_grad[0] else None
+        gfw = (g_scale * w[:, :, :, None, None]).sum((2, 4)) if ctx.needs_input_grad[1] else None
+        g_cos = None
+        if ctx.needs_input_grad[2]:
+            dpoly = g[P - 1] * (P - 1)  # Σ_p p g_p u^(p−1)
+            for p in range(P - 2, 0, -1):
+                dpoly = dpoly * u + p * g[p]
+            scale = w[:, :, :, None, None] * fw[:, :, None, :, None]
+            g_cos = scale * e * (dpoly - basis.s * u * poly) / basis.step
+        return gw, gfw, g_cos, None
+
+
 def angle_features(w: Tensor, cos: Tensor, frame_w: Tensor, basis: AngleBasis, proj: Tensor) -> Tensor:
     """Projected angular encodings Σ_t fw_t Σ_k W_k,h Σ_m w_m b(cos_mtk), by the moment expansion.
 
@@ -173,16 +226,12 @@ def angle_features(w: Tensor, cos: Tensor, frame_w: Tensor, basis: AngleBasis, p
         raise ValueError("the moment expansion is for the full basis; use angle_histogram with windows")
     N, H, M, T, K = cos.shape
     D, P = basis.bins, basis.n_moments
-    j0, mom = basis.moments(cos)  # (N, H, M, T, K), (..., P)
-    scale = w[:, :, :, None, None] * frame_w[:, :, None, :, None]
-    src = (mom * scale[..., None]).reshape(-1, P)
-    row = torch.arange(N * H, device=cos.device).view(N, H, 1, 1, 1) * K + torch.arange(K, device=cos.device)
-    index = (row * D + j0).reshape(-1)
-    acc = torch.zeros(N * H * K * D, P, dtype=src.dtype, device=src.device).index_add_(0, index, src)
-    acc = acc.view(N, H, K, D * P)
-    A = basis.moment_matrix(cos.device, cos.dtype)  # (D·P, D)
-    proj_a = torch.einsum("xd,khcd->khxc", A, proj)  # (K, H, D·P, C)
-    return torch.einsum("nhkx,khxc->nhc", acc, proj_a)
+    acc = _MomentScatter.apply(w.contiguous(), frame_w.contiguous(), cos.contiguous(), basis)  # (P, K, H, N, D)
+    A = basis.moment_matrix(cos.device, cos.dtype).view(D, P, D)  # [j0, p, d]
+    proj_a = torch.einsum("jpd,khcd->pkhjc", A, proj)  # (P, K, H, D_j0, C)
+    C = proj.shape[2]
+    out = torch.bmm(acc.reshape(P * K * H, N, D), proj_a.reshape(P * K * H, D, C))
+    return out.view(P * K, H, N, C).sum(0).transpose(0, 1)
 
 
 def angle_histogram(w: Tensor, cos: Tensor, basis: AngleBasis, budget: int = 4_000_000) -> Tensor:
