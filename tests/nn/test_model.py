@@ -104,3 +104,19 @@ def test_bad_options_are_rejected():
         cf.CrystalFramer(frame="nonsense")
     with pytest.raises(ValueError, match="target names"):
         cf.CrystalFramer(n_targets=2, target_names=["a"])
+
+
+@pytest.mark.parametrize("frame", ["none", "max"])
+def test_per_slot_path_for_large_cells_equals_per_pair_path(frame, real_low_symmetry):
+    """A 3×3×3 supercell (378 atoms, more pairs than image slots) is evaluated per slot; its primitive
+    cell per pair. Mean pooling makes their predictions equal."""
+    from crystalframer.geometry.images import sphere_images
+
+    torch.manual_seed(0)
+    m = cf.CrystalFramer(frame=frame, frame_noise=0.0, num_layers=2).eval()
+    prim = real_low_symmetry[4]  # mp-12177, 14 atoms
+    big = prim * [3, 3, 3]
+    b_big = collate([to_crystal(big)])
+    assert not sphere_images(b_big.lattice, b_big.pos, b_big.ptr, m.config["cutoff"]).use_pairs
+    out = m.predict([prim, big])
+    assert abs(out[0, 0] - out[1, 0]) < 2e-5

@@ -64,7 +64,8 @@ class Images:
         mask: (N, M) or (N, M, H) bool, valid slots (per head for the official box).
         shift: (N, M, 3) long, n relative to the raw positions.
         pair: (N, M) long, index of (i, j) in the pair list.
-        pair_i, pair_j: (P,) long, the ordered atom pairs (i, j) of each structure, i-major.
+        pair_i, pair_j: (P,) long, the ordered atom pairs (i, j) of each structure, i-major; empty when
+            there are more pairs than slots (large cells), where the layers work per slot instead.
     """
 
     j: Tensor
@@ -75,6 +76,11 @@ class Images:
     pair: Tensor
     pair_i: Tensor
     pair_j: Tensor
+
+    @property
+    def use_pairs(self) -> bool:
+        """Whether per-pair sums (Σ n² pairs) are cheaper than per-slot gathers (N · M slots)."""
+        return self.pair_i.numel() > 0 and self.pair_i.numel() <= self.j.numel()
 
     @property
     def self_image(self) -> Tensor:
@@ -134,7 +140,6 @@ def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chun
     lat64 = lattice.detach().to("cpu", torch.float64)
     pos64 = pos.detach().to("cpu", torch.float64)
     ptr_c = ptr.cpu()
-    pair_i, pair_j, pair_off = pair_list(ptr_c)
     c2 = cutoff * cutoff
     E_i, E_j, E_vec, E_shift = [], [], [], []
     for s in range(lat64.shape[0]):
@@ -172,10 +177,15 @@ def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chun
     shift[ei, slot] = torch.cat(E_shift)
     mask = torch.zeros(N, M, dtype=torch.bool)
     mask[ei, slot] = True
-    struct = torch.repeat_interleave(torch.arange(ptr_c.shape[0] - 1), ptr_c[1:] - ptr_c[:-1])  # (N,)
-    n_s = (ptr_c[1:] - ptr_c[:-1])[struct]
-    local_i = torch.arange(N) - ptr_c[struct]
-    pair = pair_off[struct][:, None] + local_i[:, None] * n_s[:, None] + (j - ptr_c[struct][:, None])
+    sizes = ptr_c[1:] - ptr_c[:-1]
+    if int((sizes * sizes).sum()) <= N * M:
+        pair_i, pair_j, pair_off = pair_list(ptr_c)
+        struct = torch.repeat_interleave(torch.arange(ptr_c.shape[0] - 1), sizes)  # (N,)
+        local_i = torch.arange(N) - ptr_c[struct]
+        pair = pair_off[struct][:, None] + local_i[:, None] * sizes[struct][:, None] + (j - ptr_c[struct][:, None])
+    else:  # more pairs than slots: the layers gather per slot
+        pair_i = pair_j = torch.zeros(0, dtype=torch.long)
+        pair = torch.zeros(N, M, dtype=torch.long)
     vec = vec.to(dtype)
     return Images(j=j.to(device), vec=vec.to(device), d2=(vec * vec).sum(-1).to(device), mask=mask.to(device),
                   shift=shift.to(device), pair=pair.to(device), pair_i=pair_i.to(device), pair_j=pair_j.to(device))

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crystalframer.frames.base import FrameInput, FrameMethod
+from crystalframer.frames.ties import frame_set_angle_psi
 from crystalframer.geometry.images import Images, box_images, official_box_radius
 from crystalframer.nn.basis import AngleBasis, DistanceBasis, angle_features, angle_histogram
 
@@ -170,15 +171,21 @@ class DistanceDecayAttention(nn.Module):
             img, dist_basis = geo.images, geo.dist_basis
         mask = img.mask if img.mask.dim() == 3 else img.mask[:, :, None]
 
-        qk = (q[img.pair_i] * k[img.pair_j]).sum(-1) / math.sqrt(dh)  # (P, H)
-        slot_qk = qk[img.pair]  # (N, M, H)
+        if img.use_pairs:  # batches of small cells: Σ n² pairs < N · M slots
+            qk = (q[img.pair_i] * k[img.pair_j]).sum(-1) / math.sqrt(dh)  # (P, H)
+            slot_qk = qk[img.pair]  # (N, M, H)
+        else:  # large cells: per slot, linear in the number of atoms
+            slot_qk = torch.einsum("nhc,nmhc->nmh", q, k[img.j]) / math.sqrt(dh)
         logits = slot_qk + a[:, None, :] * img.d2[:, :, None]
         w = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=1)  # (N, M, H)
 
-        pair_w = torch.zeros(qk.shape, dtype=w.dtype, device=w.device).index_add_(0, img.pair.reshape(-1),
-                                                                                 w.reshape(-1, H))
-        out = torch.zeros(N, H, dh, dtype=x.dtype, device=x.device).index_add_(
-            0, img.pair_i, pair_w[:, :, None] * v[img.pair_j])
+        if img.use_pairs:  # α_ij = Σ_n w_ij(n), then Σ_j α_ij v_j
+            pair_w = torch.zeros(qk.shape, dtype=w.dtype, device=w.device).index_add_(
+                0, img.pair.reshape(-1), w.reshape(-1, H))
+            out = torch.zeros(N, H, dh, dtype=x.dtype, device=x.device).index_add_(
+                0, img.pair_i, pair_w[:, :, None] * v[img.pair_j])
+        else:
+            out = torch.einsum("nmh,nmhc->nhc", w, v[img.j])
         hist_d = torch.einsum("nmh,nmk->nhk", w, dist_basis)
         out = out + self.dist_coef * torch.einsum("nhk,hck->nhc", hist_d, self.dist_proj)
 
@@ -217,6 +224,8 @@ class DistanceDecayAttention(nn.Module):
         w = (torch.gather(w, 1, order[:, :, None].expand(-1, -1, w.shape[-1])) * keep[:, :, None]).transpose(1, 2)
         unit = torch.gather(unit, 1, order[:, :, None].expand(-1, -1, 3))
         N, H, T = frames.shape[:3]
+        if T > 1:  # a set of frames (tie averaging): once per distinct axis direction, no padding to T
+            return frame_set_angle_psi(w, unit, frames, frame_w, self.angle_basis, self.angle_proj)
         cos = torch.einsum("nmc,nhtkc->nhmtk", unit, frames)  # (N, H, M, T, 3)
         if self.angle_basis.win is None:
             return angle_features(w, cos, frame_w, self.angle_basis, self.angle_proj)
