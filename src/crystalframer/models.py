@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from crystalframer.data.structures import Crystal, read_structures
+from crystalframer.nn.ecn import ECNNet
 from crystalframer.nn.model import CrystalFramerNet
 
 
@@ -91,8 +92,16 @@ class CrystalFramer(PredictorMixin, CrystalFramerNet):
         return collate(crystals)
 
 
+class ECN(PredictorMixin, ECNNet):
+    """Equivariant Crystal Networks on 2×2×2 supercell graphs (``group="p1"`` or ``"s8"``).
+
+    See :class:`crystalframer.nn.ecn.ECNNet` for the hyperparameters and ``ECN.training_recipe()`` for
+    the published recipe.
+    """
+
+
 #: Model classes by the name stored in checkpoints.
-MODEL_CLASSES: dict[str, type] = {"CrystalFramer": CrystalFramer}
+MODEL_CLASSES: dict[str, type] = {"CrystalFramer": CrystalFramer, "ECN": ECN}
 
 
 def register_model(cls: type) -> type:

@@ -7,15 +7,17 @@ Steps of :func:`build_ecn_graph`:
    keeps the input orientation and the measured geometry (distances are not symmetrised). Distinct
    species vectors (occupancy-weighted rows) are distinct atom types. If spglib finds no cell, the input
    cell is used and ``info["primitive"]`` is False.
-2. **Unit-cell grouping** [proposal]. ECN groups atoms into 8 copies of the unit cell, so the result
-   depends on which periodic image of each atom belongs to cell 0. The paper's code takes whatever the
-   input wrapping is, which makes predictions change under a rigid translation. Here cell 0 is canonical:
-   an *anchor* atom is chosen by (rarest species, then a local fingerprint: species and distances of its
-   12 nearest neighbours, then its standardized fractional coordinates), and every atom takes its image
-   nearest to the anchor (Wigner–Seitz cell of the anchor). Exact ties (high-symmetry positions) are
-   broken by the lexicographically smallest fractional offset. The grouping therefore does not depend on
-   translation, rotation, atom order or the input cell, as long as spglib returns the same standardized
-   description (true when its setting choices differ by symmetries of the crystal).
+2. **Canonical unit cell** [proposal]. ECN groups atoms into 8 copies of the unit cell, so the graph
+   depends on which periodic image of each atom belongs to cell 0, and the cell labels depend on the
+   basis. The paper's code takes the input wrapping as it is, so its predictions change under a rigid
+   translation. Here both are chosen canonically (:func:`canonical_unit_cell`): over every basis related
+   to spglib's by a lattice rotation and every anchor atom of the rarest species, each atom takes its
+   image nearest to the anchor (the Wigner–Seitz cell of the anchor; exact ties go to the smallest
+   fractional offset), and the candidate with the smallest order-free description wins. Decisions use
+   the geometry symmetrized with ``tie_symprec`` (default 1e-3 Å) so that symmetry-equivalent images tie
+   exactly; the real geometry breaks the remaining ties. The graph then does not depend on translation,
+   rotation, atom order or the input cell (tested on real MP/JARVIS structures and Perov-5), unless
+   spglib's symmetry detection itself flips for structures distorted by about ``tie_symprec``.
 3. **Supercell.** 8 copies at ``t_c = c1 l1 + c2 l2 + c3 l3``; node ``8·a + c`` is atom ``a`` in cell
    ``c = 4·c1 + 2·c2 + c3`` (all images of atom 0 first, as in the paper's code).
 4. **Neighbours**, computed once on the primitive cell and copied to the 8 cells with wrap-around (a
@@ -23,7 +25,9 @@ Steps of :func:`build_ecn_graph`:
    padding). This is the same graph as running the rule on the periodic 2×2×2 supercell, 8× cheaper.
    * ``neighbors="isayev"`` (ECN default): pymatgen ``IsayevNN`` (shared Voronoi facet and
      ``d < r_cov,i + r_cov,j + tol``), ``tol = 0.5`` Å, ``cutoff = 6`` Å search radius. Disordered sites
-     use their majority element for the covalent radius.
+     use their majority element for the covalent radius. Facets of (numerically) zero area are not
+     shared facets (``min_facet``): they come from Voronoi degeneracies in symmetric crystals and would
+     make the graph depend on rounding.
    * ``neighbors="cutoff"`` (fast; ECN's Perov-5 rule): every image within ``radius`` (default 5 Å).
    Multi-edges (two images of one atom that fall in the same supercell node) are kept, each with its
    true distance.
@@ -58,8 +62,7 @@ SCHEMA_VERSION = 1
 N_CELLS = 8
 #: (8, 3) int64 cell coordinates of cell index 4·c1 + 2·c2 + c3.
 CELL_COORDS = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(N_CELLS)], dtype=np.int64)
-#: Fractional tolerance for wrapping and ties, and distance tolerance (Å) for nearest-image ties.
-FRAC_TOL = 1e-6
+#: Distance tolerance (Å) under which two images are equally near (on the symmetrized geometry).
 DIST_TOL = 1e-6
 
 
@@ -73,7 +76,19 @@ class ECNGraphSettings:
         tol: IsayevNN bond tolerance δ in Å.
         cutoff: IsayevNN neighbour search radius in Å (also the hard distance cutoff).
         radius: neighbour radius of the ``"cutoff"`` rule, Å.
-        symprec: spglib distance tolerance (Å) for finding the primitive cell.
+        symprec: spglib distance tolerance (Å) for finding the primitive cell (pymatgen's default 0.01,
+            loose enough for slightly noisy supercells of relaxed structures). Structures whose noise is
+            about symprec can be reduced differently for different input settings (seen on Carbon-24,
+            noise ≈ 0.01 Å: use 1e-3 there); MP, JARVIS and Perov-5 structures are stable at 0.01.
+        tie_symprec: distance tolerance (Å) of the symmetrization used only to break exact ties when the
+            unit cell is chosen (:func:`canonical_unit_cell`). Smaller than ``symprec`` because a loose
+            value makes symmetry detection flip between settings on slightly distorted cells (Perov-5
+            distortions are about 0.005–0.01 Å).
+        min_facet: IsayevNN facets whose area is below this fraction of the atom's largest facet are not
+            shared facets. In symmetric structures (rock salt) some neighbours touch a Voronoi cell only
+            at an edge or a vertex; qhull then reports zero-area "facets" (~1e-7 relative area) for a
+            rounding-dependent subset of them, and the graph would change with the orientation. 0 keeps
+            every facet (pymatgen's behaviour).
         primitive: reduce to the primitive cell first (the ECN default); False keeps the input cell.
     """
 
@@ -83,12 +98,13 @@ class ECNGraphSettings:
     radius: float = 5.0
     symprec: float = 0.01
     tie_symprec: float = 1e-3
+    min_facet: float = 1e-5
     primitive: bool = True
 
     def __post_init__(self) -> None:
         if self.neighbors not in ("isayev", "cutoff"):
             raise ValueError(f"neighbors must be 'isayev' or 'cutoff', got {self.neighbors!r}")
-        for name in ("tol", "cutoff", "radius", "symprec", "tie_symprec"):
+        for name in ("tol", "cutoff", "radius", "symprec", "tie_symprec", "min_facet"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -215,11 +231,6 @@ def primitive_cell(crystal: Crystal, symprec: float = 0.01) -> tuple[np.ndarray,
     return np.asarray(lat, dtype=np.float64), np.asarray(pf, dtype=np.float64), table[np.asarray(pt) - 1], info
 
 
-def _wrap(f: np.ndarray) -> np.ndarray:
-    """Fractional coordinates into [0, 1), values within FRAC_TOL below an integer go to 0."""
-    return f - np.floor(f + FRAC_TOL)
-
-
 def _image_search(lattice: np.ndarray, diff: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """All images of nearest-image-reduced fractional differences within ``radius``.
 
@@ -316,14 +327,23 @@ def _nearest_images(metric_lattice: np.ndarray, rel: np.ndarray) -> np.ndarray:
     tied = d <= d.min(axis=1, keepdims=True) + DIST_TOL
     pick = np.argmax(tied, axis=1)
     for b in np.nonzero(tied.sum(axis=1) > 1)[0]:
-        pick[b] = min(np.nonzero(tied[b])[0], key=lambda s: tuple(np.round(cand[b, s], 6).tolist()))
+        pick[b] = min(np.nonzero(tied[b])[0], key=lambda s: tuple(_quantize(cand[b, s], 20).tolist()))
     return np.round(cand[np.arange(len(rel)), pick] - rel)
 
 
-def _describe(types: np.ndarray, offsets: np.ndarray) -> tuple:
-    """Sorted (type, fractional offset rounded to 1e-6) pairs: a description free of atom order."""
-    off = np.round(offsets, 6) + 0.0  # + 0.0 turns −0.0 into 0.0
-    return tuple(sorted(zip(types.tolist(), map(tuple, off.tolist()))))
+def _quantize(x: np.ndarray, bits: int) -> np.ndarray:
+    """Round to multiples of 2^-bits.
+
+    A binary grid, not a decimal one: structures are often stored with 6 decimals, and averages of such
+    numbers (the symmetrized positions) land exactly on the rounding boundaries of a decimal grid, where
+    rounding then follows floating-point noise. They never land on a binary grid's boundaries.
+    """
+    return np.round(np.asarray(x) * 2.0 ** bits) / 2.0 ** bits + 0.0  # + 0.0 turns −0.0 into 0.0
+
+
+def _describe(types: np.ndarray, offsets: np.ndarray, bits: int = 20) -> tuple:
+    """Sorted (type, quantized fractional offset) pairs: a description free of atom order."""
+    return tuple(sorted(zip(types.tolist(), map(tuple, _quantize(offsets, bits).tolist()))))
 
 
 def canonical_unit_cell(lattice: np.ndarray, frac: np.ndarray, species: np.ndarray, symprec: float = 0.01,
@@ -333,7 +353,8 @@ def canonical_unit_cell(lattice: np.ndarray, frac: np.ndarray, species: np.ndarr
     Candidates are every basis ``A·lattice`` with A a lattice rotation (:func:`lattice_automorphisms`) and
     every anchor atom a of the rarest species. For a candidate, every atom takes its image nearest to a,
     and the description D = sorted (type, fractional offset from a) of those images is free of origin
-    and atom order. The candidate with the smallest D wins; equal D means the same labelled graph. So two
+    and atom order. The candidate with the smallest D wins (then the real geometry: offsets and metric);
+    equal keys mean the same labelled graph. So two
     inputs whose reduced cells differ by a lattice rotation (spglib may return either) end up identical,
     the 8-cell labels included. Decisions use the symmetrized geometry (:func:`symmetrized_geometry`) so
     that symmetry-equivalent images tie exactly.
@@ -344,6 +365,7 @@ def canonical_unit_cell(lattice: np.ndarray, frac: np.ndarray, species: np.ndarr
     types, _ = species_types(species)
     counts = Counter(types.tolist())
     G, fsym = symmetrized_geometry(lattice, frac, species, tie_symprec)
+    G_real = lattice @ lattice.T
     scale = float(np.sqrt(np.diag(G)).max())
     autos = lattice_automorphisms(G, tol=2.0 * scale * max(symprec, 1e-6))
     rarest = min((counts[t], t) for t in counts)[1]
@@ -357,9 +379,11 @@ def canonical_unit_cell(lattice: np.ndarray, frac: np.ndarray, species: np.ndarr
         for a in np.nonzero(types == rarest)[0]:
             rel = fc - fc[a]
             shifts = _nearest_images(metric_lattice, rel)
-            # primary key: the symmetrized description; candidates it cannot tell apart (equivalent only
-            # up to symprec) are ordered by the real geometry, so a real distortion is placed the same way
-            desc = (_describe(types, rel + shifts), _describe(types, fr - fr[a] + shifts))
+            # primary key: the symmetrized description (grid 2^-20 ≈ 1e-6); candidates it cannot tell apart
+            # (equivalent up to tie_symprec) are ordered by the real geometry (grid 2^-34 ≈ 6e-11, above
+            # rounding noise), so that even a tiny real distortion is placed the same way for any input
+            desc = (_describe(types, rel + shifts, 20), _describe(types, fr - fr[a] + shifts, 34),
+                    tuple(_quantize(A @ G_real @ A.T, 24).ravel().tolist()))
             if best is None or desc < best[0]:
                 best = (desc, A, int(a), shifts)
     _, A, anchor, shifts = best
@@ -369,9 +393,9 @@ def canonical_unit_cell(lattice: np.ndarray, frac: np.ndarray, species: np.ndarr
 
 
 def isayev_neighbours(lattice: np.ndarray, positions: np.ndarray, species: np.ndarray, tol: float = 0.5,
-                      cutoff: float = 6.0, structure_id: str = "structure"
+                      cutoff: float = 6.0, structure_id: str = "structure", min_facet: float = 1e-5
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """pymatgen ``IsayevNN`` neighbours on the unit cell.
+    """pymatgen ``IsayevNN`` neighbours on the unit cell, without degenerate facets (``min_facet``).
 
     Returns:
         i (E,) receivers, j (E,) neighbours, t (E, 3) int lattice offsets (neighbour at r_j + t·L),
@@ -399,6 +423,8 @@ def isayev_neighbours(lattice: np.ndarray, positions: np.ndarray, species: np.nd
     I, J, T, D = [], [], [], []
     for i, site_nns in enumerate(info):
         for d in site_nns:
+            if d["weight"] < min_facet:  # a zero-area facet: the Voronoi cells only touch
+                continue
             j = int(d["site_index"])
             disp = np.asarray(d["site"].coords) - s[i].coords
             t = (positions[i] + disp - positions[j]) @ inv
@@ -503,7 +529,8 @@ def build_ecn_graph(crystal: Crystal, settings: ECNGraphSettings | dict | None =
         info = {"spacegroup": None, "primitive": False}
     lattice, positions, anchor = canonical_unit_cell(lattice, frac, species, settings.symprec, settings.tie_symprec)
     if settings.neighbors == "isayev":
-        i, j, t, d = isayev_neighbours(lattice, positions, species, settings.tol, settings.cutoff, crystal.id)
+        i, j, t, d = isayev_neighbours(lattice, positions, species, settings.tol, settings.cutoff, crystal.id,
+                                       settings.min_facet)
     else:
         i, j, t, d = radius_neighbours(lattice, positions, settings.radius)
     src, dst, dist = supercell_edges(i, j, t, d)

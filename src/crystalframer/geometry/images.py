@@ -94,14 +94,14 @@ SELF_D2 = 1e-5
 
 def pair_list(ptr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """All ordered pairs (i, j) within each structure, i-major. Returns (pair_i, pair_j, pair_offsets)."""
-    counts = (ptr[1:] - ptr[:-1]).tolist()
-    pi, pj, off = [], [], [0]
-    for s, n in enumerate(counts):
-        a = torch.arange(n) + int(ptr[s])
-        pi.append(a.repeat_interleave(n))
-        pj.append(a.repeat(n))
-        off.append(off[-1] + n * n)
-    return torch.cat(pi), torch.cat(pj), torch.tensor(off)
+    sizes = ptr[1:] - ptr[:-1]
+    sq = sizes * sizes
+    off = torch.zeros(sizes.shape[0] + 1, dtype=torch.long)
+    off[1:] = torch.cumsum(sq, 0)
+    struct = torch.repeat_interleave(torch.arange(sizes.shape[0]), sq)
+    local = torch.arange(int(off[-1])) - off[struct]
+    n = sizes[struct]
+    return ptr[struct] + local // n, ptr[struct] + local % n, off
 
 
 def _pad(per_atom: list[dict], n_atoms: int, device, dtype, mask_heads: int | None = None) -> dict:
@@ -125,46 +125,52 @@ def _pad(per_atom: list[dict], n_atoms: int, device, dtype, mask_heads: int | No
     return {k: v.to(device) for k, v in out.items()}
 
 
-def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chunk_pairs: int = 2_000_000) -> Images:
+def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chunk: int = 1_000_000) -> Images:
     """Every image within ``cutoff`` Å of each atom, the self image included (selection in float64).
 
     Differences p_j − p_i are first reduced to the nearest image, so the result does not depend on which
-    periodic image of each atom is given. Work is vectorised per structure, in chunks of atoms i so that at
-    most ``chunk_pairs`` (pair, shift) candidates are held at once.
+    periodic image of each atom is given. All structures of the batch are handled together: each pair (i, j)
+    is tried against the shifts of the largest box any structure needs (extra shifts are discarded by the
+    distance test), in chunks of at most ``chunk`` (pair, shift) candidates.
 
     Args:
         lattice: (B, 3, 3), pos: (N, 3), ptr: (B + 1,).
         cutoff: radius in Å.
     """
     device, dtype = pos.device, pos.dtype
-    lat64 = lattice.detach().to("cpu", torch.float64)
-    pos64 = pos.detach().to("cpu", torch.float64)
+    lat = lattice.detach().to("cpu", torch.float64)
+    p64 = pos.detach().to("cpu", torch.float64)
     ptr_c = ptr.cpu()
+    sizes = ptr_c[1:] - ptr_c[:-1]
+    N, B = p64.shape[0], lat.shape[0]
+    R = torch.floor(cutoff / plane_spacings(lat) + 0.5 + 1e-9).long().amax(0)  # (3,) over the batch
+    shifts = lexicographic_shifts(R)  # (S, 3)
+    S = shifts.shape[0]
+    tvec = torch.einsum("sk,bkc->bsc", shifts.to(torch.float64), lat)  # (B, S, 3)
+    inv = torch.linalg.inv(lat)
+    struct = torch.repeat_interleave(torch.arange(B), sizes)  # (N,)
     c2 = cutoff * cutoff
-    E_i, E_j, E_vec, E_shift = [], [], [], []
-    for s in range(lat64.shape[0]):
-        a0, a1 = int(ptr_c[s]), int(ptr_c[s + 1])
-        n = a1 - a0
-        T = lat64[s]
-        shifts = lexicographic_shifts(shift_range(T.numpy(), cutoff))
-        tvec = shifts.to(torch.float64) @ T  # (S, 3)
-        inv = torch.linalg.inv(T)
-        p = pos64[a0:a1]
-        step = max(1, chunk_pairs // max(1, n * shifts.shape[0]))
-        for c0 in range(0, n, step):
-            c1 = min(n, c0 + step)
-            f = (p[None, :, :] - p[c0:c1, None, :]) @ inv  # (c, n, 3) fractional differences
-            m = torch.round(f)
-            red = (f - m) @ T  # nearest-image difference vectors
-            vec = red[:, :, None, :] + tvec[None, None]  # (c, n, S, 3)
-            d2 = (vec * vec).sum(-1)
-            ii, jj, ss = torch.nonzero(d2 <= c2, as_tuple=True)  # i, then j, then lexicographic n
-            E_i.append(ii + c0 + a0)
-            E_j.append(jj + a0)
-            E_vec.append(vec[ii, jj, ss])
-            E_shift.append(shifts[ss] - m[ii, jj].long())
-    ei, ej = torch.cat(E_i), torch.cat(E_j)
-    N = pos.shape[0]
+
+    # All pairs (i, j) of each structure, i-major, processed in chunks.
+    pair_i, pair_j, pair_off = pair_list(ptr_c)
+    P = pair_i.shape[0]
+    E_p, E_s, E_vec, E_m = [], [], [], []
+    step = max(1, chunk // S)
+    for c0 in range(0, P, step):
+        pi, pj = pair_i[c0:c0 + step], pair_j[c0:c0 + step]
+        sp = struct[pi]
+        f = torch.einsum("pc,pck->pk", p64[pj] - p64[pi], inv[sp])
+        m = torch.round(f)
+        red = torch.einsum("pk,pkc->pc", f - m, lat[sp])  # nearest-image difference vectors
+        vec = red[:, None, :] + tvec[sp]  # (p, S, 3)
+        d2 = (vec * vec).sum(-1)
+        pp, ss = torch.nonzero(d2 <= c2, as_tuple=True)  # pair order (i, then j), then lexicographic n
+        E_p.append(pp + c0)
+        E_s.append(ss)
+        E_vec.append(vec[pp, ss])
+        E_m.append(m[pp].long())
+    ep, es = torch.cat(E_p), torch.cat(E_s)
+    ei, ej = pair_i[ep], pair_j[ep]
     counts = torch.bincount(ei, minlength=N)
     first = torch.cumsum(counts, 0) - counts
     slot = torch.arange(ei.shape[0]) - first[ei]
@@ -174,13 +180,10 @@ def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chun
     vec = torch.zeros(N, M, 3, dtype=torch.float64)
     vec[ei, slot] = torch.cat(E_vec)
     shift = torch.zeros(N, M, 3, dtype=torch.long)
-    shift[ei, slot] = torch.cat(E_shift)
+    shift[ei, slot] = shifts[es] - torch.cat(E_m)
     mask = torch.zeros(N, M, dtype=torch.bool)
     mask[ei, slot] = True
-    sizes = ptr_c[1:] - ptr_c[:-1]
-    if int((sizes * sizes).sum()) <= N * M:
-        pair_i, pair_j, pair_off = pair_list(ptr_c)
-        struct = torch.repeat_interleave(torch.arange(ptr_c.shape[0] - 1), sizes)  # (N,)
+    if P <= N * M:
         local_i = torch.arange(N) - ptr_c[struct]
         pair = pair_off[struct][:, None] + local_i[:, None] * sizes[struct][:, None] + (j - ptr_c[struct][:, None])
     else:  # more pairs than slots: the layers gather per slot
