@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from crystalframer.cli import main
 from tests.training.helpers import TINY, perov_crystals, write_fake_shared_root, write_perov_csv
@@ -105,8 +106,8 @@ def test_predict_evaluate_embed(trained, shared_data, tmp_path, capsys):
 
     # evaluate on the test split of the shared set: same MAE as the run's own final evaluation
     js = tmp_path / "eval.json"
-    assert main(["evaluate", str(ckpt), "perov_5", "--data-root", str(root), "--split", "test", "--json", str(js),
-                 "-o", str(tmp_path / "eval.csv"), "--device", "cpu"]) == 0
+    assert main(["evaluate", str(ckpt), "--dataset", "perov_5", "--data-root", str(root), "--split", "test",
+                 "--json", str(js), "-o", str(tmp_path / "eval.csv"), "--device", "cpu"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     got = json.loads(js.read_text())["metrics"]["heat_all"]
     assert got["n"] == 16 and got["mae"] == pytest.approx(metrics["swa"]["test"]["heat_all"]["mae"], rel=1e-5)
@@ -127,3 +128,18 @@ def test_console_entry_point_runs_as_a_module():
     r = subprocess.run([sys.executable, "-m", "crystalframer.cli", "--help"], capture_output=True, text=True,
                        env={**__import__("os").environ, "PYTHONPATH": src}, timeout=120)
     assert r.returncode == 0 and "train" in r.stdout and "predict" in r.stdout
+
+
+def test_fine_tune_from_a_checkpoint(trained, shared_data, tmp_path):
+    out, _ = trained
+    data = write_perov_csv(shared_data, tmp_path / "perov.csv", n_train=8, n_val=4, n_test=4)
+    rc = main(["train", "--data", str(data), "--targets", "heat_all", "--init-from", str(out / "model.pt"), *QUICK,
+               "--epochs", "1", "--swa-epochs", "0", "--no-tensorboard", "--no-plots", "-o", str(tmp_path / "ft")])
+    assert rc == 0
+    from crystalframer.checkpoint import load
+
+    base, tuned = load(out / "model.pt"), load(tmp_path / "ft" / "model.pt")
+    assert tuned.config == base.config  # the architecture comes from the checkpoint, not from the preset
+    y = np.array([c.targets[0] for c in perov_crystals(shared_data, "train", 8)])
+    assert float(tuned.target_mean[0]) == pytest.approx(y.mean())  # normalisation re-fitted on the new data
+    assert any(not torch.equal(p, q) for p, q in zip(base.parameters(), tuned.parameters()))

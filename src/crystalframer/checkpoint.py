@@ -35,7 +35,7 @@ FORMAT = "crystalframer-checkpoint"
 FORMAT_VERSION = 1
 
 __all__ = ["CheckpointError", "save_model", "load", "load_checkpoint", "read_header", "model_payload",
-           "build_model", "library_version", "jsonable", "atomic_torch_save"]
+           "build_model", "library_version", "jsonable", "atomic_torch_save", "describe"]
 
 
 class CheckpointError(ValueError):

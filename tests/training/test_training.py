@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
@@ -24,12 +23,12 @@ from tests.training.helpers import TINY, perov_splits
 
 @pytest.fixture(scope="module")
 def splits(shared_data):
-    return perov_splits(shared_data, n_train=32, n_val=8, n_test=8)
+    return perov_splits(shared_data, n_train=16, n_val=6, n_test=6)
 
 
 def make_config(out, frame: str = "max", outputs: bool = False, **recipe) -> TrainConfig:
     """Tiny-model run on the CPU; ``outputs=False`` skips TensorBoard and the figures (speed)."""
-    rec = {"epochs": 3, "swa_epochs": 2, "batch_size": 8, **recipe}
+    rec = {"epochs": 3, "swa_epochs": 2, "batch_size": 4, **recipe}
     return TrainConfig(model=dict(TINY), frame=frame, preset="quick", recipe=rec, output=str(out),
                        progress_bar=False, accelerator="cpu", devices=1, tensorboard=outputs, plots=outputs)
 
@@ -70,11 +69,11 @@ def test_run_folder_outputs(run):
     for which in ("swa", "best"):
         for split in ("val", "test"):
             m = metrics[which][split]["heat_all"]
-            assert m["n"] == 8 and m["mae"] > 0 and math.isfinite(m["rmse"]) and math.isfinite(m["r2"])
+            assert m["n"] == 6 and m["mae"] > 0 and math.isfinite(m["rmse"]) and math.isfinite(m["r2"])
     assert metrics["final_model"] == "swa" and metrics["global_steps"] == 12 and metrics["epochs"] == 3
     with open(d / "predictions" / "swa_test.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["id", "heat_all [eV]", "heat_all_true [eV]"] and len(rows) == 8
+    assert list(rows[0]) == ["id", "heat_all [eV]", "heat_all_true [eV]"] and len(rows) == 6
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["resolved"]["recipe"]["bias_weight_decay"] == 0.01 and cfg["resolved"]["model_config"]["frame"] == "max"
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
@@ -110,7 +109,7 @@ def test_saved_final_model_predicts_like_the_returned_swa_model(run, splits):
     result, _ = run
     model = load(result.run_dir / "model.pt")
     a = predict_crystals(model, splits.test, batch_size=3).y_pred
-    b = predict_crystals(result.model, splits.test, batch_size=8).y_pred
+    b = predict_crystals(result.model, splits.test, batch_size=6).y_pred
     assert np.allclose(a, b, atol=1e-6)
     mae = np.mean(np.abs(a[:, 0] - np.array([c.targets[0] for c in splits.test])))
     assert mae == pytest.approx(result.metrics["swa"]["test"]["heat_all"]["mae"], rel=1e-5)
@@ -125,7 +124,8 @@ def test_training_reduces_the_loss(shared_data, tmp_path):
     """20 steps on 8 real structures (one batch) must fit them clearly better than the first step did."""
     small = perov_splits(shared_data, n_train=8, n_val=4, n_test=4)
     small.val = []  # no validation: this test is about the fit (best = last without validation data)
-    result = train(make_config(tmp_path / "fit", epochs=20, swa_epochs=0, lr=1e-2), splits=small, verbose=False)
+    result = train(make_config(tmp_path / "fit", epochs=20, swa_epochs=0, lr=1e-2, batch_size=8), splits=small,
+                   verbose=False)
     first_epoch = result.history[0]["train_loss"]
     model = result.model
     batch = model.collate(small.train)

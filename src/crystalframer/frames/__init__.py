@@ -5,7 +5,7 @@ weighted PCA, paper definition), ``pca`` (global PCA), ``lattice`` (lattice fram
 Crystalformer (no angular features).
 """
 
-from crystalframer.frames import lattice, max, pca  # noqa: F401  (registration)
+from crystalframer.frames import lattice, max, pca, spframe  # noqa: F401  (registration)
 from crystalframer.frames.base import FRAMES, FrameInput, FrameMethod, build_frame, register_frame
 
 __all__ = ["FRAMES", "FrameInput", "FrameMethod", "build_frame", "register_frame"]

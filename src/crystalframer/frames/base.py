@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from crystalframer.frames import ties as ties_mod
 from crystalframer.geometry.images import Images
 
 
@@ -65,7 +66,16 @@ FRAMES: dict[str, "FrameMethod"] = {}
 
 class FrameMethod(torch.nn.Module):
     """Base class: ``forward(inp: FrameInput) -> (N, H, 3, 3)`` axes as rows, or a weighted set of
-    candidate frames ``(axes (N, H, T, 3, 3), weights (N, H, T))`` whose angular features are averaged."""
+    candidate frames ``(axes (N, H, T, 3, 3), weights (N, H, T))`` whose angular features are averaged.
+
+    Tie options (every built-in method; see :mod:`crystalframer.frames.ties`):
+        ties: ``"auto"`` (default: ``"first"`` with ``frame_noise = 0``, else ``"noise"`` in training and
+            ``"average"`` in evaluation), ``"average"`` (average over the tie set: deterministic and exactly
+            invariant on symmetric crystals), ``"noise"`` (published random tie-breaking, ``frame_noise``)
+            or ``"first"`` (first candidate in slot order wins; golden parity).
+        tie_atol, tie_rtol: score tolerance atol + rtol · |score terms| (defaults 2e-5, 2e-6).
+        tie_cap: frames per (atom, head) at most (256).
+    """
 
     #: name in the registry
     name: str = ""
@@ -74,10 +84,20 @@ class FrameMethod(torch.nn.Module):
     #: whether the frame is one per crystal (pca, lattice, SPFrame global part)
     per_structure: bool = False
 
-    def __init__(self, **options):
+    def __init__(self, ties: str = "auto", tie_atol: float = ties_mod.ATOL, tie_rtol: float = ties_mod.RTOL,
+                 tie_cap: int = ties_mod.CAP, **options):
         super().__init__()
         if options:
             raise TypeError(f"frame {self.name!r} got unknown options {sorted(options)}")
+        self.ties = ties_mod.check_mode(ties)
+        self.tie_atol, self.tie_rtol, self.tie_cap = float(tie_atol), float(tie_rtol), int(tie_cap)
+
+    def tie_mode(self, inp: "FrameInput") -> str:
+        """The tie policy of this call: ``"average"``, ``"noise"`` or ``"first"``."""
+        return ties_mod.resolve_mode(self.ties, self.training, inp.noise)
+
+    def extra_repr(self) -> str:
+        return f"ties={self.ties!r}"
 
 
 def register_frame(cls: type[FrameMethod]) -> type[FrameMethod]:

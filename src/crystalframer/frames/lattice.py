@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from crystalframer.frames.base import FrameInput, FrameMethod, register_frame
+from crystalframer.frames.ties import lattice_frame_set
 from crystalframer.geometry.images import lexicographic_shifts, plane_spacings
 
 
@@ -46,13 +47,28 @@ class LatticeFrame(FrameMethod):
     The ± ambiguity of each vector cancels through the sign rules, so for a generic lattice the frame is
     a function of the lattice alone. In lattices with several equally short vectors (cubic, tetragonal,
     hexagonal, ...), which one is taken depends on the basis given, so predictions change with the
-    choice of unit cell (the weakness the CrystalFramer paper points out).
+    choice of unit cell (the weakness the CrystalFramer paper points out) under the ``"noise"`` and
+    ``"first"`` tie policies. Under ``"average"`` the features are averaged over every tied choice (the
+    orbit of the frame under the lattice's point group, at most 48 frames), which makes them a function of
+    the lattice alone: invariant to the basis, rotation and (lattice frames ignore atoms) everything else.
     """
 
     name = "lattice"
     per_structure = True
 
-    def forward(self, inp: FrameInput) -> Tensor:
-        frames = torch.stack([lattice_frame(T, inp.noise) for T in inp.lattice])
+    def forward(self, inp: FrameInput) -> Tensor | tuple[Tensor, Tensor]:
         H = inp.a.shape[1]
+        mode = self.tie_mode(inp)
+        if mode == "average":
+            sets = [lattice_frame_set(T, cap=self.tie_cap) for T in inp.lattice]
+            Tm = max(f.shape[0] for f, _ in sets)
+            axes = inp.lattice.new_zeros(len(sets), Tm, 3, 3)
+            wts = inp.lattice.new_zeros(len(sets), Tm)
+            for b, (f, w) in enumerate(sets):
+                axes[b, :f.shape[0]] = f
+                wts[b, :f.shape[0]] = w
+            return (axes[inp.batch][:, None].expand(-1, H, -1, -1, -1),
+                    wts[inp.batch][:, None].expand(-1, H, -1))
+        noise = inp.noise if mode == "noise" else 0.0
+        frames = torch.stack([lattice_frame(T, noise) for T in inp.lattice])
         return frames[inp.batch][:, None].expand(-1, H, -1, -1)

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from crystalframer.frames.base import (FrameInput, FrameMethod, gather_slots, masked_argmax,
                                        orthonormal_from_two, register_frame)
+from crystalframer.frames.ties import two_axis_frame_set
 
 #: Images with |cos| to e1 at or above this are not candidates for the second axis.
 COLLINEAR = 0.9999
@@ -37,10 +38,28 @@ class MaxFrame(FrameMethod):
 
     name = "max"
 
-    def forward(self, inp: FrameInput) -> Tensor:
-        u = inp.uniform_noise(inp.qk.shape)
+    def forward(self, inp: FrameInput) -> Tensor | tuple[Tensor, Tensor]:
+        mode = self.tie_mode(inp)
+        if mode == "average":
+            ad2 = inp.a[:, None, :] * inp.d2[:, :, None]
+            return _tie_set(self, inp, inp.qk + ad2, inp.qk.abs() + ad2.abs())
+        u = inp.uniform_noise(inp.qk.shape) if mode == "noise" else 0.0
         s1 = inp.qk + inp.a[:, None, :] * (inp.d2[:, :, None] + u)
         return _two_axis_frame(inp, s1, lambda cos: s1 + torch.log(torch.clamp(1 - cos.abs(), min=LOG_FLOOR)))
+
+
+def _tie_set(method: FrameMethod, inp: FrameInput, s1: Tensor, mag1: Tensor, literal_d2: Tensor | None = None):
+    """Average policy: every tied (e1, r2) choice, weighted per e1 then per e2 (see :mod:`..ties`)."""
+
+    def second(s1r, m1r, cos, n, slots):
+        lg = torch.log(torch.clamp(1 - cos.abs(), min=LOG_FLOOR))
+        if literal_d2 is not None:
+            d2 = literal_d2[n[:, None], slots]
+            return d2 + lg, d2.abs() + lg.abs()
+        return s1r + lg, m1r + lg.abs()
+
+    return two_axis_frame_set(inp.unit, inp.candidate, s1, mag1, second, COLLINEAR, LOG_FLOOR,
+                              method.tie_atol, method.tie_rtol, method.tie_cap)
 
 
 @register_frame
@@ -55,12 +74,16 @@ class StaticFrame(FrameMethod):
 
     name = "static"
 
-    def __init__(self, literal: bool = False):
-        super().__init__()
+    def __init__(self, literal: bool = False, **options):
+        super().__init__(**options)
         self.literal = literal
 
-    def forward(self, inp: FrameInput) -> Tensor:
-        u = inp.uniform_noise(inp.qk.shape)
+    def forward(self, inp: FrameInput) -> Tensor | tuple[Tensor, Tensor]:
+        mode = self.tie_mode(inp)
+        if mode == "average":
+            s1 = inp.a[:, None, :] * inp.d2[:, :, None]
+            return _tie_set(self, inp, s1, s1.abs(), inp.d2 if self.literal else None)
+        u = inp.uniform_noise(inp.qk.shape) if mode == "noise" else 0.0
         d2 = inp.d2[:, :, None] + u
         s1 = inp.a[:, None, :] * d2
         if self.literal:

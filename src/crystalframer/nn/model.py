@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crystalframer.frames import build_frame
+from crystalframer.frames import FRAMES, build_frame
 from crystalframer.geometry.images import default_cutoff, sphere_images
 from crystalframer.nn.attention import DistanceDecayAttention, Geometry
 from crystalframer.nn.basis import AngleBasis, DistanceBasis
@@ -88,8 +88,11 @@ class CrystalFramerNet(nn.Module):
         angle_basis = AngleBasis(angle_bins, angle_width, window=basis_window)
         self.embedding = nn.Linear(N_ELEMENTS, model_dim, bias=False)
         layers = []
-        for _ in range(num_layers):
-            frame_mod = build_frame(frame, **(frame_options or {}))
+        for layer in range(num_layers):
+            # frame methods with learned parts (SPFrame) name the sizes they need in ``context``
+            ctx = {"dim": model_dim, "heads": num_heads, "layer": layer}
+            ctx = {k: ctx[k] for k in getattr(FRAMES.get(frame), "context", ())}
+            frame_mod = build_frame(frame, **{**ctx, **(frame_options or {})})
             attn = DistanceDecayAttention(model_dim, num_heads, r0, sigma_lb, beta, self.dist_basis, angle_basis,
                                           dist_coef, angle_coef, frame_mod, frame_noise, images, box_sigma, box_min)
             layers.append(Block(attn, ff_dim))

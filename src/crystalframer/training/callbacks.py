@@ -87,7 +87,7 @@ class RunCheckpoint(Checkpoint):
                            training=self._info(trainer, selection="best val/loss",
                                                val_loss=None if no_val else float(val_loss)))
         tmp = self.dirpath / ".last.ckpt.tmp"
-        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # collective: every rank calls it, rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.last_ckpt)
             save_model(pl_module.model, self.last_path, training=self._info(trainer, selection="last epoch"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import lightning as L
@@ -23,7 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 from crystalframer.data.structures import Crystal
 
 __all__ = ["DataSpec", "Splits", "EpochShardSampler", "ShardSampler", "CrystalDataModule", "resolve_data",
-           "SHARED_UNITS", "ListDataset"]
+           "SHARED_UNITS", "ListDataset", "select_targets"]
 
 #: Units of the natural targets of the shared data sets (written into checkpoints and CSV headers).
 SHARED_UNITS: dict[str, str] = {
@@ -119,7 +118,8 @@ def _load_file(path: str, targets: list[str] | None, options: dict[str, Any]):
     return load_dataset(path, **kw)
 
 
-def _crystals(ds: Any, targets: list[str] | None) -> tuple[list[Crystal], list[str]]:
+def select_targets(ds: Any, targets: list[str] | None) -> tuple[list[Crystal], list[str]]:
+    """(crystals of ``ds``, target names), with the labels reordered/subset to ``targets`` when given."""
     names = list(getattr(ds, "target_names", None) or [])
     crystals = list(ds)
     if targets is not None and names and list(names) != list(targets):
@@ -143,7 +143,7 @@ def resolve_data(spec: DataSpec) -> Splits:
         ds = load_shared(spec.dataset, spec.root, **spec.load_options)
         errors += [tuple(e) for e in getattr(ds, "errors", [])]
         parts = ds.split(from_file=spec.split_file) if spec.split_file else ds.split()
-        sets = {s: _crystals(getattr(parts, s), spec.targets) for s in ("train", "val", "test")}
+        sets = {s: select_targets(getattr(parts, s), spec.targets) for s in ("train", "val", "test")}
     elif spec.source:
         ds = _load_file(spec.source, spec.targets, spec.load_options)
         errors += [tuple(e) for e in getattr(ds, "errors", [])]
@@ -153,7 +153,7 @@ def resolve_data(spec: DataSpec) -> Splits:
             parts = ds.split(fractions=spec.split_fractions, seed=spec.split_seed, method="random")
         else:
             parts = ds.split(seed=spec.split_seed)
-        sets = {s: _crystals(getattr(parts, s), spec.targets) for s in ("train", "val", "test")}
+        sets = {s: select_targets(getattr(parts, s), spec.targets) for s in ("train", "val", "test")}
     elif spec.train:
         sets = {}
         for s in ("train", "val", "test"):
@@ -161,7 +161,7 @@ def resolve_data(spec: DataSpec) -> Splits:
             if path:
                 ds = _load_file(path, spec.targets, spec.load_options)
                 errors += [tuple(e) for e in getattr(ds, "errors", [])]
-                sets[s] = _crystals(ds, spec.targets)
+                sets[s] = select_targets(ds, spec.targets)
             else:
                 sets[s] = ([], list(spec.targets or []))
     else:
@@ -300,6 +300,3 @@ def env_rank() -> int:
                 pass
     return 0
 
-
-def limit_path(p: str | None) -> str | None:
-    return None if p is None else str(Path(p).expanduser())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import numpy as np
@@ -23,7 +23,35 @@ from crystalframer.training.metrics import masked_loss
 from crystalframer.training.recipe import Recipe, build_optimizer, build_scheduler, in_swa_phase
 from crystalframer.training.swa import WeightAverager
 
-__all__ = ["CrystalPropertyModule", "rng_state", "set_rng_state"]
+__all__ = ["CrystalPropertyModule", "calibrate", "rng_state", "set_rng_state"]
+
+
+@torch.no_grad()
+def calibrate(model: torch.nn.Module, train: Sequence[Any], recipe: Recipe) -> None:
+    """Run the model once in training mode on the first global batch of epoch 0 (no gradient).
+
+    Models that freeze statistics on their first training batch (CrystalFramer's σ normalisation,
+    spec §3.2) thus freeze them on the same structures on every DDP rank, and on the same ones as a
+    single-device run would. ``model.calibrate(batch)`` is used when the model defines it.
+    """
+    from crystalframer.training.data import EpochShardSampler
+
+    order = list(EpochShardSampler(len(train), recipe.batch_size, 0, 1, recipe.seed, True, recipe.drop_last))
+    first = [train[i] for i in order[: recipe.batch_size]] or [train[i] for i in range(min(len(train), recipe.batch_size))]
+    if not first:
+        return
+    p = next(model.parameters())
+    dtype = p.dtype if p.dtype in (torch.float32, torch.float64) else None
+    batch = model.collate(first).to(p.device, dtype)
+    was = model.training
+    model.train()
+    try:
+        if hasattr(model, "calibrate"):
+            model.calibrate(batch)
+        else:
+            model(batch)
+    finally:
+        model.train(was)
 
 
 def rng_state() -> dict[str, Any]:
@@ -107,6 +135,15 @@ class CrystalPropertyModule(L.LightningModule):
         return batch.to(device, dtype=dtype if dtype in (torch.float32, torch.float64) else None)
 
     # -- optimisation --------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        # A fresh run freezes first-batch statistics here, on the training device, identically on every
+        # rank. A resumed run already has them in its restored weights.
+        if self.trainer.ckpt_path is None:
+            dm = self.trainer.datamodule
+            train = getattr(dm, "train_set", None)
+            if train is not None and len(train):
+                calibrate(self.model, train, self.recipe)
+
     def configure_optimizers(self):
         opt = build_optimizer(self.model, self.recipe)
         sch = build_scheduler(opt, self.recipe)

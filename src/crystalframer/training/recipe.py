@@ -106,7 +106,8 @@ PRESETS: dict[str, Recipe] = {
     "jarvis": Recipe(batch_size=256, epochs=2000, swa_epochs=50),
     "mp": Recipe(batch_size=128, epochs=800, swa_epochs=50),
     "oqmd": Recipe(batch_size=1024, epochs=200, swa_epochs=20),
-    "quick": Recipe(batch_size=32, epochs=10, swa_epochs=2,
+    # Evaluation in batches of 128: on CPU it is ~2.5x faster per structure than batches of 32.
+    "quick": Recipe(batch_size=32, epochs=10, swa_epochs=2, val_batch_size=128, test_batch_size=128,
                     model={"num_layers": 2, "model_dim": 64, "num_heads": 4, "ff_dim": 128}),
 }
 

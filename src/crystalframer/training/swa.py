@@ -16,6 +16,10 @@ import torch
 __all__ = ["WeightAverager"]
 
 
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
 class WeightAverager:
     """Running equal-weight mean of a model's trainable parameters: avg_n = avg_{n−1} + (p − avg_{n−1}) / n.
 
@@ -33,12 +37,13 @@ class WeightAverager:
         params = dict(model.named_parameters())
         self.n_averaged += 1
         if self.n_averaged == 1:
-            # Averaging happens in float64 so that thousands of updates do not accumulate rounding error.
-            self.avg = {n: params[n].detach().to(torch.float64).clone() for n in self.names}
+            # Averaging happens in float64 (where the device has it) so that thousands of updates do not
+            # accumulate rounding error.
+            self.avg = {n: params[n].detach().to(_acc_dtype(params[n].device)).clone() for n in self.names}
             return
         for n in self.names:
             a = self.avg[n]
-            a.add_(params[n].detach().to(a.device, torch.float64) - a, alpha=1.0 / self.n_averaged)
+            a.add_(params[n].detach().to(a.device, a.dtype) - a, alpha=1.0 / self.n_averaged)
 
     def averaged_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """A deep copy of ``model`` holding the averaged weights (the live weights if nothing was averaged)."""

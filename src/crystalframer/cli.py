@@ -1,0 +1,405 @@
+"""``crystalframer`` command line: train, evaluate, predict, embed, info.
+
+Examples::
+
+    crystalframer train --dataset perov_5 --data-root ../shared/data --frame max --preset quick -o runs/perov
+    crystalframer train --config configs/paper_jarvis.yaml --data my_data.csv --devices 4
+    crystalframer train --resume -o runs/perov                  # continue a killed run
+    crystalframer evaluate runs/perov/model.pt --dataset perov_5 --data-root ../shared/data --split test
+    crystalframer predict runs/perov/model.pt structures/*.cif -o predictions.csv
+    crystalframer embed runs/perov/model.pt structures/ -o embeddings.npz
+    crystalframer info runs/perov/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+
+
+def _value(text: str) -> Any:
+    """KEY=VALUE values: JSON when it parses (numbers, true/false, lists), the raw string otherwise."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for it in items or []:
+        if "=" not in it:
+            raise SystemExit(f"{flag} expects KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = _value(v.strip())
+    return out
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"config file not found: {p}")
+    text = p.read_text()
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        doc = yaml.safe_load(text) or {}
+    else:
+        doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise SystemExit(f"{p}: a config file must hold a mapping of settings")
+    return doc
+
+
+def _devices(text: str | None) -> Any:
+    if text is None:
+        return None
+    if text == "auto":
+        return "auto"
+    if "," in text:
+        return [int(x) for x in text.split(",") if x.strip()]
+    return int(text)
+
+
+def _device(text: str | None) -> str:
+    import torch
+
+    if text in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return text
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# -- parser -----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crystalframer", description="CrystalFramer / Crystalformer crystal-property "
+                                "models: train, evaluate, predict and embed.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (published recipe; SWA and best-val models are evaluated)",
+                       description="Train a model. Settings come from --config (YAML/JSON with the keys of "
+                       "crystalframer.training.TrainConfig) and are overridden by flags.")
+    t.add_argument("--config", "-c", help="YAML or JSON config file")
+    g = t.add_argument_group("data (one of --dataset, --data, --train)")
+    g.add_argument("--dataset", help="shared data set name (perov_5, mp_20_subset, jarvis_supercon, ...)")
+    g.add_argument("--data-root", help="folder holding the shared data sets")
+    g.add_argument("--data", help="file or folder for load_dataset (CSV, JSON, extxyz, ASE db, CIF folder + id_prop.csv)")
+    g.add_argument("--train", dest="train_path", help="training file/folder (with --val/--test)")
+    g.add_argument("--val", dest="val_path", help="validation file/folder")
+    g.add_argument("--test", dest="test_path", help="test file/folder")
+    g.add_argument("--targets", nargs="+", help="target names (default: the data set's)")
+    g.add_argument("--units", nargs="+", help="units of the targets, in order (for outputs)")
+    g.add_argument("--limit", type=int, help="use at most N structures of each split (quick checks)")
+    g.add_argument("--split-fractions", nargs=3, type=float, metavar=("TRAIN", "VAL", "TEST"),
+                   help="random split of --data (default: its split column, else 0.8 0.1 0.1)")
+    g.add_argument("--split-seed", type=int, help="seed of the random split (default 123)")
+    g.add_argument("--split-file", help="JSON split (ids per split)")
+    g.add_argument("--cache-dir", help="preprocessing cache folder (parsed structures are reused across runs and "
+                   "DDP ranks)")
+    m = t.add_argument_group("model")
+    m.add_argument("--model-type", help="model class (default CrystalFramer)")
+    m.add_argument("--frame", help="frame method: max (CrystalFramer), none (Crystalformer), static, "
+                   "weighted_pca, pca, lattice")
+    m.add_argument("--num-layers", type=int)
+    m.add_argument("--model-dim", type=int)
+    m.add_argument("--num-heads", type=int)
+    m.add_argument("--ff-dim", type=int)
+    m.add_argument("--cutoff", type=float, help="image cutoff radius in Å")
+    m.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="any other model argument")
+    m.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
+    r = t.add_argument_group("recipe")
+    r.add_argument("--preset", help="jarvis (256/2000/SWA 50, default), mp (128/800/50), oqmd (1024/200/20), quick")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--swa-epochs", type=int)
+    r.add_argument("--batch-size", type=int, help="global batch size (split over devices)")
+    r.add_argument("--lr", type=float)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--recipe-arg", action="append", metavar="KEY=VALUE", help="any other recipe field")
+    o = t.add_argument_group("run")
+    o.add_argument("--output", "-o", help="run folder (default runs/<data>-<frame>-<preset>-<time>)")
+    o.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                   help="continue the run in --output from its last checkpoint (or from CKPT)")
+    o.add_argument("--accelerator", help="cpu, gpu, auto")
+    o.add_argument("--devices", help="number of devices, a comma list of ids, or auto")
+    o.add_argument("--num-nodes", type=int)
+    o.add_argument("--strategy", help="Lightning strategy (default: ddp with several devices)")
+    o.add_argument("--precision", help="32-true (default) or 64-true; bf16-mixed is passed on to Lightning "
+                   "(the CrystalFramer attention does not support autocast yet)")
+    o.add_argument("--num-workers", type=int, help="DataLoader workers")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--no-tensorboard", action="store_true")
+    o.add_argument("--no-plots", action="store_true")
+
+    e = sub.add_parser("evaluate", help="score a checkpoint on labelled data (MAE, RMSE, R²)")
+    e.add_argument("checkpoint")
+    e.add_argument("data", nargs="?", help="shared data set name (with --data-root) or a file/folder for load_dataset")
+    e.add_argument("--dataset", help="shared data set name (same as giving it as DATA)")
+    e.add_argument("--data-root", help="folder holding the shared data sets")
+    e.add_argument("--split", default=None, help="train, val or test (default: all of the data)")
+    e.add_argument("--targets", nargs="+", help="label columns (default: the model's target names)")
+    e.add_argument("--output", "-o", help="CSV of predictions and labels")
+    e.add_argument("--json", help="write the metrics to this JSON file")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--limit", type=int, help="use at most N structures")
+
+    for name, what in (("predict", "predict targets of structure files"), ("embed", "pooled embeddings of structures")):
+        q = sub.add_parser(name, help=what)
+        q.add_argument("checkpoint")
+        q.add_argument("inputs", nargs="+", help="structure files (CIF, POSCAR, extxyz ...), folders or data tables")
+        q.add_argument("--output", "-o", required=True,
+                       help="output file: .csv" + (" or .npz" if name == "embed" else ""))
+        q.add_argument("--batch-size", type=int, default=64)
+        q.add_argument("--device", default="auto")
+        q.add_argument("--strict", action="store_true", help="fail (exit 1) if any input cannot be read")
+
+    i = sub.add_parser("info", help="describe a checkpoint")
+    i.add_argument("checkpoint")
+    return p
+
+
+# -- train ------------------------------------------------------------------------------------------------
+
+
+def _train_config(args: argparse.Namespace) -> dict[str, Any]:
+    cfg: dict[str, Any] = _read_config(args.config) if args.config else {}
+    if args.resume and not args.config and args.output and (Path(args.output) / "config.json").is_file():
+        # Resuming without a config: continue with the settings the run was started with.
+        cfg = _read_config(str(Path(args.output) / "config.json"))
+        cfg.pop("resolved", None)
+        cfg.pop("versions", None)
+    data = dict(cfg.get("data") or {})
+    given = {"dataset": args.dataset, "root": args.data_root, "source": args.data, "train": args.train_path,
+             "val": args.val_path, "test": args.test_path}
+    if any(v is not None for k, v in given.items() if k != "root"):
+        for k in ("dataset", "source", "train", "val", "test"):
+            data.pop(k, None)  # a data source on the command line replaces the config's
+    data.update({k: v for k, v in given.items() if v is not None})
+    for key, val in (("targets", args.targets), ("units", args.units), ("limit", args.limit),
+                     ("split_fractions", args.split_fractions), ("split_seed", args.split_seed),
+                     ("split_file", args.split_file)):
+        if val is not None:
+            data[key] = val
+    if args.cache_dir:
+        data["load_options"] = {**(data.get("load_options") or {}), "cache_dir": args.cache_dir}
+    cfg["data"] = data
+    model = dict(cfg.get("model") or {})
+    for key, val in (("num_layers", args.num_layers), ("model_dim", args.model_dim), ("num_heads", args.num_heads),
+                     ("ff_dim", args.ff_dim), ("cutoff", args.cutoff)):
+        if val is not None:
+            model[key] = val
+    model.update(_pairs(args.model_arg, "--model-arg"))
+    cfg["model"] = model
+    recipe = dict(cfg.get("recipe") or {})
+    for key, val in (("epochs", args.epochs), ("swa_epochs", args.swa_epochs), ("batch_size", args.batch_size),
+                     ("lr", args.lr), ("seed", args.seed)):
+        if val is not None:
+            recipe[key] = val
+    recipe.update(_pairs(args.recipe_arg, "--recipe-arg"))
+    cfg["recipe"] = recipe
+    for key, val in (("model_type", args.model_type), ("frame", args.frame), ("preset", args.preset),
+                     ("output", args.output), ("init_from", args.init_from), ("accelerator", args.accelerator),
+                     ("devices", _devices(args.devices)), ("num_nodes", args.num_nodes),
+                     ("strategy", args.strategy), ("precision", args.precision), ("num_workers", args.num_workers)):
+        if val is not None:
+            cfg[key] = val
+    if args.no_progress:
+        cfg["progress_bar"] = False
+    if args.no_tensorboard:
+        cfg["tensorboard"] = False
+    if args.no_plots:
+        cfg["plots"] = False
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from crystalframer.training.trainer import TrainConfig, train
+
+    cfg = TrainConfig.from_dict(_train_config(args))
+    resume = args.resume
+    result = train(cfg, resume=resume, verbose=True)
+    if result.metrics:
+        final = result.metrics.get("final_model", "swa")
+        test = (result.metrics.get(final) or {}).get("test") or {}
+        units = result.metrics.get("target_units", [])
+        for k, (name, r) in enumerate(test.items()):
+            unit = f" {units[k]}" if k < len(units) and units[k] else ""
+            print(f"test MAE ({final}) {name}: {r['mae']:.6g}{unit}")
+        print(f"model: {result.run_dir / 'model.pt'}")
+    return 0
+
+
+# -- evaluate / predict / embed ---------------------------------------------------------------------------
+
+
+def _load_model(path: str, device: str):
+    from crystalframer.checkpoint import CheckpointError, load
+
+    try:
+        return load(path, map_location=device)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _eval_data(args: argparse.Namespace, names: list[str]):
+    from crystalframer.data.datasets import SHARED_SETS, load_shared
+    from crystalframer.data.readers import load_dataset
+
+    targets = args.targets or names
+    if args.data in SHARED_SETS and not Path(args.data).exists():
+        if not args.data_root:
+            raise SystemExit(f"error: {args.data} is a shared data set: give --data-root")
+        ds = load_shared(args.data, args.data_root)
+    else:
+        ds = load_dataset(args.data, targets=targets)
+    if args.split:
+        ds = ds.split()[args.split]
+    from crystalframer.training.data import select_targets
+
+    crystals, got = select_targets(ds, list(targets))
+    if len(got) != len(names):
+        raise SystemExit(f"error: the data has targets {got}, the model predicts {names}")
+    return crystals[: args.limit] if args.limit else crystals, list(getattr(ds, "errors", []))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from crystalframer.training.evaluation import evaluate_crystals, target_info, write_predictions_csv
+
+    args.data = args.data or args.dataset
+    if not args.data:
+        _err("error: give the data to evaluate on (DATA or --dataset)")
+        return 2
+    device = _device(args.device)
+    model = _load_model(args.checkpoint, device)
+    names, units = target_info(model)
+    crystals, errors = _eval_data(args, names)
+    for e in errors:
+        _err(f"skipped {e[1]}: {e[2]}")
+    if not crystals:
+        _err("error: no structures to evaluate")
+        return 1
+    metrics, preds = evaluate_crystals(model, crystals, args.batch_size, device)
+    for k, (name, r) in enumerate(metrics.items()):
+        unit = f" {units[k]}" if units[k] else ""
+        print(f"{name}: MAE {r['mae']:.6g}{unit}  RMSE {r['rmse']:.6g}{unit}  R² {r['r2']:.4f}  (n={r['n']})")
+    if args.output:
+        write_predictions_csv(args.output, preds)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data,
+                                               "split": args.split, "metrics": metrics,
+                                               "skipped": len(errors)}, indent=2))
+    return 0
+
+
+def _read_inputs(paths: Sequence[str]):
+    """Crystals of every input (files, folders, tables); unreadable inputs are listed, not fatal."""
+    from crystalframer.data.readers import load_dataset
+
+    crystals, errors = [], []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            errors.append((raw, "file not found"))
+            continue
+        try:
+            ds = load_dataset(p, on_error="skip")
+        except Exception as e:  # noqa: BLE001 - report any reader failure and go on with the other inputs
+            errors.append((raw, f"{type(e).__name__}: {e}"))
+            continue
+        crystals += list(ds)
+        single = p.is_file() and len(ds) + len(ds.errors) == 1  # one structure file: its path says it all
+        errors += [(raw if single else f"{raw} [{e[1]}]", e[2]) for e in ds.errors]
+    return crystals, errors
+
+
+def cmd_predict(args: argparse.Namespace, embed: bool = False) -> int:
+    import numpy as np
+
+    from crystalframer.training.evaluation import Predictions, predict_crystals, target_info, write_predictions_csv
+
+    device = _device(args.device)
+    model = _load_model(args.checkpoint, device)
+    crystals, errors = _read_inputs(args.inputs)
+    for src, msg in errors:
+        _err(f"skipped {src}: {msg}")
+    if not crystals:
+        _err("error: none of the inputs could be read")
+        return 1
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ids = [c.id for c in crystals]
+    if embed:
+        import torch
+
+        chunks = []
+        model.eval()
+        dtype = next(model.parameters()).dtype
+        with torch.no_grad():
+            for k in range(0, len(crystals), args.batch_size):
+                b = model.collate(crystals[k:k + args.batch_size]).to(device, dtype)
+                chunks.append(model.embed_batch(b).double().cpu().numpy())
+        emb = np.concatenate(chunks)
+        if out.suffix.lower() == ".npz":
+            np.savez(out, ids=np.array(ids, dtype=str), embeddings=emb)
+        else:
+            import pandas as pd
+
+            df = pd.DataFrame(emb, columns=[f"e{k}" for k in range(emb.shape[1])])
+            df.insert(0, "id", ids)
+            df.to_csv(out, index=False)
+        print(f"{len(ids)} embeddings ({emb.shape[1]} dims) written to {out}"
+              + (f"; {len(errors)} inputs skipped" if errors else ""))
+    else:
+        p = predict_crystals(model, crystals, args.batch_size, device)
+        names, units = target_info(model)
+        write_predictions_csv(out, Predictions(p.ids, p.y_pred, None, names, units), with_truth=False)
+        print(f"{len(ids)} predictions written to {out}" + (f"; {len(errors)} inputs skipped" if errors else ""))
+    return 1 if (errors and args.strict) else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from crystalframer.checkpoint import CheckpointError, describe
+
+    try:
+        print(describe(args.checkpoint))
+    except CheckpointError as e:
+        _err(f"error: {e}")
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``crystalframer`` command. Returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+        if args.command == "predict":
+            return cmd_predict(args)
+        if args.command == "embed":
+            return cmd_predict(args, embed=True)
+        if args.command == "info":
+            return cmd_info(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        _err(f"error: {e}")
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

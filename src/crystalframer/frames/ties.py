@@ -1,0 +1,643 @@
+"""Tie policies of frame methods: deterministic, exactly invariant frames on symmetric crystals (issue 4).
+
+Every frame method chooses axes by maximising scores (max / static frames), by ordering eigenvalues
+(PCA frames) or by shortest vectors (lattice frames). In symmetric crystals several candidates tie exactly,
+and which one wins then depends on float rounding (rotation, another unit cell) or on random noise (the
+published code). Policies (frame option ``ties``):
+
+* ``"average"``: the angular features are averaged over the **tie set**: every candidate frame whose
+  choices lie within a tolerance of the best. The set is a function of the crystal's geometry and of the
+  layer's attention only, not of slot order, axes or noise, so it is mapped onto itself by every isometry
+  of the crystal and the averaged features are invariant (rotation, translation, permutation, periodic
+  image, supercell, unimodular change of cell). It is the expectation of the published stochastic policy
+  (each tied candidate wins with equal probability), computed exactly.
+* ``"noise"``: the published policy: tie-breaking noise of amplitude ``frame_noise`` (Å², 1e-5 published),
+  a different frame at every call; with ``frame_noise = 0`` the first candidate in (j, n) slot order wins.
+* ``"first"``: deterministic first-wins order (the published kernels with noise 0: golden parity).
+* ``"auto"`` (default): ``"first"`` when ``frame_noise == 0`` (the documented deterministic order, used by
+  the golden parity loaders), otherwise ``"noise"`` in training mode (published training) and ``"average"``
+  in evaluation mode (``predict``, validation, test).
+
+Tolerances (all scores are log-weights, dimensionless):
+
+* two scores tie when they differ by at most ``atol + rtol · mag``, where ``mag`` is the magnitude of the
+  best candidate's score terms (|q·k/√d_h| + |a d²| + |log(1 − |cos|)|), plus ``COS_EPS / (1 − |cos|)`` for
+  second-axis scores (the sensitivity of the log to the rounding of the cosine). Defaults atol = 2e-5,
+  rtol = 2e-6: float32 rounding of rotated inputs moves scores by ~1e-6 (ties), while a genuine gap of
+  1e-4 stays a gap for |scores| up to ~40 (the scores of chosen axes are ~1 to 10);
+* eigenvalues of PCA covariances tie when they differ by at most ``EIG_RTOL · trace`` (1e-4);
+* lattice vector lengths tie when their squared lengths differ by at most ``LATTICE_RTOL`` (1e-5) relative.
+
+Set construction and weights (max / static frames): E1 = every candidate whose first score is within the
+tolerance of the best; for each e1 ∈ E1, E2(e1) = every admissible second candidate within the tolerance
+of *its* best second score. Frame (e1, r2) gets the weight 1/|E1| · 1/|E2(e1)| ("per e1, then per e2").
+Both this and the uniform weight over pairs are closed under the point group (a symmetry g maps E1 onto
+itself and E2(e1) onto E2(g e1), so |E2| is constant on orbits); the hierarchical weight is chosen because it
+equals the probability of each frame under the published noise (first axis uniformly among its ties, then
+the second uniformly among its ties), so an averaged model evaluates what a noise-trained model saw.
+
+Cap: at most ``cap`` frames per (atom, head) (default 256; symmetric crystals need ≤ 48 for max frames,
+≤ 192 for sign-averaged PCA frames of cubic sites). Above the cap whole e1 groups are kept in slot order
+while they fit (a first group larger than the cap is cut) and the weights renormalised; exact invariance is
+then lost for that (atom, head) and a warning is issued.
+
+Cost: the angular features of a frame set depend on each axis direction separately, so attention computes
+them once per *distinct* axis direction (:func:`compact_directions`; directions and their negatives are
+merged when the basis is symmetric): T tied frames do not cost T times one frame.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+TIE_MODES = ("auto", "average", "noise", "first")
+#: absolute and relative score tolerances (see module docstring)
+ATOL = 2e-5
+RTOL = 2e-6
+#: assumed rounding of a cosine, for the tolerance of log(1 − |cos|)
+COS_EPS = 1e-6
+#: eigenvalues within EIG_RTOL · trace are degenerate
+EIG_RTOL = 1e-4
+#: third moments within MOMENT_RTOL · Σ w |e·p|³ (+ the eigenvector's uncertainty, see COV_EPS) of 0 leave
+#: the sign of an axis undecided
+MOMENT_RTOL = 1e-5
+#: assumed rounding of a float32 covariance relative to its trace (weights w carry ~|logit|·ε ≈ 1e-7 .. 1e-6):
+#: it makes an eigenvector, and so its third moment, uncertain in proportion to 1 / eigengap
+COV_EPS = 3e-7
+#: squared lattice-vector lengths within this relative tolerance tie; dot products within it are 0
+LATTICE_RTOL = 1e-5
+#: frames per (atom, head) at most
+CAP = 256
+#: quantisation step of directions when merging equal axes (:func:`compact_directions`)
+MERGE_STEP = 2.0**-16
+
+_warned = set()
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def resolve_mode(ties: str, training: bool, noise: float) -> str:
+    """The effective policy: ``"average"``, ``"noise"`` or ``"first"`` (``"auto"`` resolved)."""
+    if ties != "auto":
+        return ties
+    if noise == 0:
+        return "first"
+    return "noise" if training else "average"
+
+
+def check_mode(ties: str) -> str:
+    if ties not in TIE_MODES:
+        raise ValueError(f"ties must be one of {TIE_MODES}, got {ties!r}")
+    return ties
+
+
+def near_max(score: Tensor, allowed: Tensor, mag: Tensor, atol: float, rtol: float, dim: int = -1,
+             slack: Tensor | None = None, return_best: bool = False):
+    """Entries of ``score`` (over ``allowed``) within atol + rtol · mag (+ slack) of the maximum along ``dim``.
+
+    ``mag`` and ``slack`` are read at the maximum. Rows without any allowed entry give no entry. With
+    ``return_best``, also the maximum and the tolerance (keepdim).
+    """
+    s = score.masked_fill(~allowed, float("-inf"))
+    best, arg = s.max(dim, keepdim=True)
+    tol = atol + rtol * torch.gather(mag, dim, arg)
+    if slack is not None:
+        tol = tol + torch.gather(slack, dim, arg)
+    tied = allowed & (s >= best - tol)
+    return (tied, best, tol) if return_best else tied
+
+
+def pack(row: Tensor, group: Tensor, axes: Tensor, weight: Tensor, n_rows: int, cap: int = CAP,
+         what: str = "frame") -> tuple[Tensor, Tensor]:
+    """Entries (sorted by row, groups contiguous) → padded sets (n_rows, T, 3, 3) and weights (n_rows, T).
+
+    Every row must have at least one entry. Above ``cap`` entries in a row, whole groups are kept in order
+    while they fit (the first group is cut if it alone is larger) and the weights renormalised.
+    """
+    E = row.shape[0]
+    dev = row.device
+    counts = torch.bincount(row, minlength=n_rows)
+    start = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(E, device=dev) - start[row]
+    if E and int(counts.max()) > cap:
+        # group extents within the row
+        first_of_group = torch.ones(E, dtype=torch.bool, device=dev)
+        first_of_group[1:] = (group[1:] != group[:-1]) | (row[1:] != row[:-1])
+        gid = torch.cumsum(first_of_group.long(), 0) - 1
+        g_start = pos[first_of_group][gid]
+        g_size = torch.bincount(gid)[gid]
+        keep = (g_start + g_size <= cap) | ((g_start == 0) & (pos < cap))
+        _warn_once(f"cap-{what}", f"{what} tie set larger than the cap ({int(counts.max())} > {cap}): whole tie "
+                                  "groups beyond the cap are dropped; exact invariance is lost for those atoms")
+        row, group, axes, weight = row[keep], group[keep], axes[keep], weight[keep]
+        total = torch.zeros(n_rows, dtype=weight.dtype, device=dev).index_add_(0, row, weight)
+        weight = weight / total[row]
+        counts = torch.bincount(row, minlength=n_rows)
+        start = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(row.shape[0], device=dev) - start[row]
+    T = max(1, int(counts.max())) if row.numel() else 1
+    out = axes.new_zeros((n_rows, T) + tuple(axes.shape[1:]))
+    wout = weight.new_zeros(n_rows, T)
+    out[row, pos] = axes
+    wout[row, pos] = weight
+    return out, wout
+
+
+# -- max / static frames -------------------------------------------------------------------------------
+
+#: the second axis is first searched among the TOP_K candidates with the largest first score (exact: rows
+#: where a candidate outside could reach the tolerance are redone over every slot)
+TOP_K = 24
+
+
+def two_axis_frame_set(unit: Tensor, candidate: Tensor, s1: Tensor, mag1: Tensor, second, collinear: float,
+                       log_floor: float, atol: float = ATOL, rtol: float = RTOL, cap: int = CAP):
+    """Tie set of two-axis frames (max / static) → ``(axes (N, H, T, 3, 3), weights (N, H, T))``.
+
+    Args:
+        unit: (N, M, 3) slot unit vectors; candidate: (N, M, H); s1, mag1: (N, M, H) first score and its
+            magnitude. ``second(s1_rows, mag1_rows, cos, n, slots) -> (score, magnitude)`` gives the second
+            score of the slots ``slots`` (R, K) of atoms ``n`` (R,), with their first scores and magnitudes
+            (R, K) and their cosines (R, K) with a candidate e1.
+
+    The second score is at most the first (log(1 − |cos|) <= 0), so a slot whose first score is below the
+    best second score minus the tolerance can be neither the best nor tied: the search runs over the
+    ``TOP_K`` slots of largest first score, and rows where the next slot does not pass this test are redone
+    over every slot.
+    """
+    from crystalframer.frames.base import orthonormal_from_two
+
+    N, M, H = s1.shape
+    dev = s1.device
+    candidate = candidate.expand(N, M, H)
+    tied1 = near_max(s1, candidate, mag1, atol, rtol, dim=1)  # (N, M, H)
+    none = ~candidate.any(1)  # (N, H): no candidate at all → slot 0, as the first-wins path
+    if none.any():
+        tied1[:, 0, :] |= none
+    tied1 = tied1.permute(0, 2, 1)  # (N, H, M)
+    c1 = tied1.sum(-1)  # (N, H)
+    n, h, m = torch.nonzero(tied1, as_tuple=True)  # row-major: (n, h), slots ascending
+    R1 = n.shape[0]
+    e1 = unit[n, m]  # (R1, 3)
+    s1t = s1.masked_fill(~candidate, float("-inf")).permute(0, 2, 1)  # (N, H, M)
+
+    def stage(rows: Tensor, slots: Tensor):
+        """Second-axis ties of rows ``rows`` (R,) of the R1 e1 choices, over slots (R, K)."""
+        nr, hr = n[rows], h[rows]
+        u = unit[nr[:, None], slots]  # (R, K, 3)
+        cos = torch.einsum("rkc,rc->rk", u, e1[rows])
+        allowed = candidate[nr[:, None], slots, hr[:, None]] & (cos.abs() < collinear)
+        s2, mag2 = second(s1[nr[:, None], slots, hr[:, None]], mag1[nr[:, None], slots, hr[:, None]], cos, nr, slots)
+        slack = COS_EPS / torch.clamp(1 - cos.abs(), min=log_floor)
+        tied, best, tol = near_max(s2, allowed, mag2, atol, rtol, dim=1, slack=slack, return_best=True)
+        return tied, best[:, 0], tol[:, 0], allowed.any(1)
+
+    all_rows = torch.arange(R1, device=dev)
+    K = min(TOP_K, M)
+    if K < M:
+        top_s, top_i = s1t.topk(K + 1, dim=-1)  # (N, H, K + 1), descending
+        slots = top_i[n, h, :K]
+        tied, best, tol, has = stage(all_rows, slots)
+        nxt = top_s[n, h, K]  # the largest first score outside
+        redo = torch.where(has, nxt >= best - tol, torch.isfinite(nxt))
+    else:
+        slots = torch.arange(M, device=dev).expand(R1, M)
+        tied, best, tol, has = stage(all_rows, slots)
+        redo = torch.zeros(R1, dtype=torch.bool, device=dev)
+    keep = ~redo
+    r_a, k_a = torch.nonzero(tied & keep[:, None], as_tuple=True)
+    r1, m2 = [r_a], [slots[r_a, k_a]]
+    has2 = has.clone()
+    rr = torch.nonzero(redo).flatten()
+    if rr.numel():
+        full = torch.arange(M, device=dev).expand(rr.shape[0], M)
+        tied_f, _, _, has_f = stage(rr, full)
+        has2[rr] = has_f
+        r_b, k_b = torch.nonzero(tied_f, as_tuple=True)
+        r1.append(rr[r_b])
+        m2.append(k_b)
+    none2 = torch.nonzero(~has2).flatten()  # no admissible second direction: one documented fallback entry
+    r1.append(none2)
+    m2.append(torch.zeros_like(none2))
+    r1, m2 = torch.cat(r1), torch.cat(m2)
+    order = torch.sort(r1 * M + m2).indices  # e1 groups in slot order, second slots ascending
+    r1, m2 = r1[order], m2[order]
+    c2 = torch.bincount(r1, minlength=R1)
+    frames = orthonormal_from_two(e1[r1], unit[n[r1], m2], has2[r1])
+    weight = 1.0 / (c1[n[r1], h[r1]] * c2[r1]).to(s1.dtype)
+    row = n[r1] * H + h[r1]
+    axes, w = pack(row, r1, frames, weight, N * H, cap, "max-frame")
+    return axes.view(N, H, *axes.shape[1:]), w.view(N, H, -1)
+
+
+# -- PCA frames -------------------------------------------------------------------------------------------
+
+def _sym_eig(cov: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, 3, 3) → eigenvalues (B, 3) descending and eigenvectors as rows (B, 3, 3), float64."""
+    lam, vec = torch.linalg.eigh(cov.double())
+    return lam.flip(-1), vec.flip(-1).transpose(-1, -2)
+
+
+def _right_handed(F: Tensor) -> Tensor:
+    e3 = torch.cross(F[..., 0, :], F[..., 1, :], dim=-1)
+    return torch.stack([F[..., 0, :], F[..., 1, :], e3], -2)
+
+
+def pca_frame_set(cov: Tensor, pts: Tensor, row_pts: Tensor, wts: Tensor, logw: Tensor, mag: Tensor,
+                  signs: str, collinear: float = 0.9999, log_floor: float = 1e-5, atol: float = ATOL,
+                  rtol: float = RTOL, eig_rtol: float = EIG_RTOL, cap: int = CAP, return_undetermined: bool = False):
+    """Tie set of PCA frames for B rows → ``(axes (B, T, 3, 3), weights (B, T))``.
+
+    Args:
+        cov: (B, 3, 3) covariance Σ_s wts_s p_s p_sᵀ of each row.
+        pts: (P, M, 3) points; row b uses ``pts[row_pts[b]]``.
+        wts: (B, M) weights (0: absent); logw, mag: (B, M) log-weight (−inf: absent) and its magnitude,
+            for the scores of candidate axes.
+        signs: how the sign of an eigenvector axis is chosen: ``"average"`` (both signs, det +1 kept),
+            ``"moment"`` (third moment; both signs when it is 0 within tolerance) or ``"random"``.
+
+    Eigenvalues within ``eig_rtol · trace`` are degenerate. Cases:
+
+    * no degeneracy: the eigenvectors, largest first; the signs of e1 and e2 are free (e3 = e1 × e2), so
+      ``"average"`` gives the 4 sign combinations with det +1;
+    * a degenerate pair spanning a plane ⊥ u (u the eigenvector of the third eigenvalue): the in-plane
+      axes are a = the in-plane direction of a point with the largest score log w + log |p_⊥| (every tied
+      point), and u × a; u's sign is free (flipped together with u × a);
+    * isotropic (all three equal, e.g. cubic sites): the two-axis construction of max frames on the points
+      (score log w + log |p|, then + log(1 − |cos|)); no free sign.
+
+    The pointing axes (a, and the max-frame axes) carry their sign. All constructions are closed under
+    the symmetries of the weighted points. Where no point has a component in the degenerate subspace
+    (collinear or no points: the axes are undetermined, no finite invariant set exists) the first slot is
+    used; ``return_undetermined`` also returns those rows (B,) bool so that the caller can do better.
+    """
+    from crystalframer.frames.base import orthonormal_from_two  # noqa: F401
+
+    B = cov.shape[0]
+    dev, dt = cov.device, pts.dtype
+    lam, V = _sym_eig(cov)
+    tol_e = eig_rtol * lam.sum(-1).abs() + 1e-12
+    d12 = (lam[:, 0] - lam[:, 1]) <= tol_e
+    d23 = (lam[:, 1] - lam[:, 2]) <= tol_e
+    case = torch.where(d12 & d23, 3, torch.where(d12, 1, torch.where(d23, 2, 0)))
+    V = _right_handed(V).to(dt)
+    # per entry: row, group, frame, weight, and which axis pair may be flipped together:
+    # free = 0: e1 & e2 free (4 combos), 1: flip (e2, e3), 2: flip (e1, e3), 3: none
+    rows, groups, frames, weights, free = [], [], [], [], []
+    undetermined = torch.zeros(B, dtype=torch.bool, device=dev)
+
+    b0 = torch.nonzero(case == 0).flatten()
+    rows.append(b0)
+    groups.append(torch.zeros_like(b0))
+    frames.append(V[b0])
+    weights.append(torch.ones(b0.shape[0], dtype=dt, device=dev))
+    free.append(torch.zeros_like(b0))
+
+    for c, u_idx in ((1, 2), (2, 0)):
+        b = torch.nonzero(case == c).flatten()
+        if b.numel() == 0:
+            continue
+        u = V[b, u_idx]  # (R, 3)
+        p = pts[row_pts[b]]  # (R, M, 3)
+        q = p - torch.einsum("rmc,rc->rm", p, u)[..., None] * u[:, None, :]
+        qn = q.norm(dim=-1)
+        ok = torch.isfinite(logw[b]) & (qn > 1e-6 * p.norm(dim=-1).amax(-1, keepdim=True).clamp_min(1e-30))
+        lq = torch.log(qn.clamp_min(1e-30))
+        tied = near_max(logw[b] + lq, ok, mag[b] + lq.abs(), atol, rtol, dim=1,
+                        slack=COS_EPS / qn.clamp_min(1e-30) ** 2)
+        tied[:, 0] |= ~ok.any(1)
+        undetermined[b] |= ~ok.any(1)
+        r, m = torch.nonzero(tied, as_tuple=True)
+        a = q[r, m] / qn[r, m, None].clamp_min(1e-30)
+        ur = u[r]
+        F = (torch.stack([a, torch.cross(ur, a, dim=-1), ur], -2) if c == 1
+             else torch.stack([ur, a, torch.cross(ur, a, dim=-1)], -2))
+        rows.append(b[r])
+        groups.append(torch.arange(r.shape[0], device=dev))
+        frames.append(F)
+        weights.append(1.0 / tied.sum(1)[r].to(dt))
+        free.append(torch.full_like(r, c))
+
+    b = torch.nonzero(case == 3).flatten()
+    if b.numel():
+        p = pts[row_pts[b]]
+        pn = p.norm(dim=-1)
+        ok = torch.isfinite(logw[b]) & (pn > 1e-6 * pn.amax(-1, keepdim=True).clamp_min(1e-30))
+        un = p / pn[..., None].clamp_min(1e-30)
+        lp = torch.log(pn.clamp_min(1e-30))
+        undetermined[b] |= ok.sum(1) < 2  # fewer than two points with a direction: no second axis
+
+        def second(s1r, m1r, cos, n, slots):
+            lg = torch.log(torch.clamp(1 - cos.abs(), min=log_floor))
+            return s1r + lg, m1r + lg.abs()
+
+        axes, w = two_axis_frame_set(un, ok[:, :, None], (logw[b] + lp)[:, :, None], (mag[b] + lp.abs())[:, :, None],
+                                     second, collinear, log_floor, atol, rtol, cap=1 << 30)
+        axes, w = axes[:, 0], w[:, 0]  # (R, T3, 3, 3)
+        r, t = torch.nonzero(w > 0, as_tuple=True)
+        rows.append(b[r])
+        groups.append(torch.arange(r.shape[0], device=dev))
+        frames.append(axes[r, t])
+        weights.append(w[r, t])
+        free.append(torch.full_like(r, 3))
+
+    row = torch.cat(rows)
+    order = torch.sort(row, stable=True).indices
+    row, group, F = row[order], torch.cat(groups)[order], torch.cat(frames)[order]
+    wgt, free = torch.cat(weights)[order], torch.cat(free)[order]
+    # sign options per entry: (4, 3) sign patterns, allowed per free-sign case
+    combos = torch.tensor([[1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1]], dtype=dt, device=dev)
+    allowed = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 1], [1, 0, 1, 0], [1, 0, 0, 0]], dtype=torch.bool,
+                           device=dev)[free]  # (E, 4)
+    if signs == "random":
+        pick = torch.multinomial(allowed.to(dt), 1).squeeze(1)
+        allowed = torch.zeros_like(allowed).scatter_(1, pick[:, None], True)
+    elif signs == "moment":
+        # the sign of a free axis makes its weighted third moment Σ w (e·p)³ >= 0; undecided (0 within
+        # tolerance): both signs. Free axes per case: 0: e1, e2; 1: e3 (= ±u); 2: e1 (= ±u); 3: none.
+        p = pts[row_pts[row]]  # (E, M, 3)
+        proj = torch.einsum("ekc,emc->ekm", F, p)  # (E, 3, M)
+        ww = wts[row][:, None, :]
+        m3 = (ww * proj**3).sum(-1)  # (E, 3)
+        # first-order uncertainty of m3_k from a covariance error δΣ (|v_jᵀ δΣ v_k| <= COV_EPS · trace):
+        # δm3_k = Σ_(j≠k) 3 Σ w p_k² p_j · (v_jᵀ δΣ v_k) / (λ_k − λ_j)
+        dm = 3 * torch.einsum("ekm,ejm->ekj", ww * proj**2, proj)  # (E, 3, 3)
+        lr = lam[row].to(dt)  # (E, 3), frame axes are in eigenvalue order
+        dl = (lr[:, :, None] - lr[:, None, :]).abs()
+        off = ~torch.eye(3, dtype=torch.bool, device=dev)
+        sens = torch.where(off, dm.abs() / dl.clamp_min(1e-30), torch.zeros_like(dm)).sum(-1)
+        tol = MOMENT_RTOL * (ww * proj.abs() ** 3).sum(-1) + COV_EPS * lr.sum(-1, keepdim=True) * sens + 1e-12
+        sgn = torch.where(m3 > tol, 1, torch.where(m3 < -tol, -1, 0))
+        decides = torch.tensor([[1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0]], dtype=torch.bool, device=dev)[free]
+        ok = ((combos.to(torch.long)[None] * sgn[:, None, :]) >= 0) | ~decides[:, None, :]  # (E, 4, 3)
+        allowed = allowed & ok.all(-1)
+    elif signs != "average":
+        raise ValueError(f"unknown sign mode {signs!r}")
+    e_idx, c_idx = torch.nonzero(allowed, as_tuple=True)
+    F = F[e_idx] * combos[c_idx][:, :, None]
+    wgt = wgt[e_idx] / allowed.sum(1)[e_idx].to(dt)
+    axes, w = pack(row[e_idx], group[e_idx], F, wgt, B, cap, "pca-frame")
+    return (axes, w, undetermined) if return_undetermined else (axes, w)
+
+
+# -- lattice frames ----------------------------------------------------------------------------------------
+
+def lattice_frame_set(lattice: Tensor, rtol: float = LATTICE_RTOL, cap: int = CAP) -> tuple[Tensor, Tensor]:
+    """Tie set of the lattice frame of one (3, 3) lattice → ``(axes (T, 3, 3), weights (T,))``.
+
+    The rules of :func:`crystalframer.frames.lattice.lattice_frame`, with every tied choice kept: e1 ∈ all
+    shortest non-zero vectors; e2 ∈ the shortest non-parallel ones, signed e1·e2 >= 0 (both signs when
+    e1·e2 = 0); e3 ∈ the shortest out-of-plane ones, signed e1·e3 >= 0 (both when 0); all three negated when
+    e3·(e1 × e2) < 0. Weights per e1, then per e2, then per e3. The set is the orbit of one frame under
+    the lattice's point group, so it does not depend on the basis given.
+    """
+    from crystalframer.geometry.images import lexicographic_shifts, plane_spacings
+
+    dt, dev = lattice.dtype, lattice.device
+    reach = lattice.norm(dim=-1).max() * (1 + 1e-3)
+    R = torch.ceil(reach / plane_spacings(lattice)).long()
+    n = lexicographic_shifts(R).to(dev)
+    pts = n.to(dt) @ lattice
+    d2 = (pts * pts).sum(-1)
+    nonzero = (n != 0).any(-1)
+    unit = pts / pts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    inf = torch.tensor(float("inf"), dtype=dt, device=dev)
+
+    def shortest(ok):
+        d = torch.where(ok, d2, inf)
+        return torch.nonzero(ok & (d <= d.min() * (1 + rtol))).flatten()
+
+    def signed(cands, ref, ok_dot):
+        """Candidates signed so that ref·v >= 0; with ref·v = 0 both signs stay (the set holds ±v)."""
+        dot = unit[cands] @ ref
+        keep = (dot > ok_dot) | (dot.abs() <= ok_dot)
+        return cands[keep]
+
+    frames, weights = [], []
+    E1 = shortest(nonzero)
+    for i1 in E1.tolist():
+        e1 = unit[i1]
+        cos1 = unit @ e1
+        E2 = signed(shortest(nonzero & (1 - cos1.abs() > 1e-5)), e1, rtol)
+        for i2 in E2.tolist():
+            e2 = unit[i2]
+            c = torch.cross(e1, e2, dim=-1)
+            c = c / c.norm()
+            E3 = signed(shortest(nonzero & ((unit @ c).abs() > 1e-5)), e1, rtol)
+            for i3 in E3.tolist():
+                F = torch.stack([e1, e2, unit[i3]])
+                F = F * torch.where(unit[i3] @ c < 0, -1.0, 1.0).to(dt)
+                frames.append(F)
+                weights.append(1.0 / (len(E1) * len(E2) * len(E3)))
+    F = torch.stack(frames)
+    w = torch.tensor(weights, dtype=dt, device=dev)
+    if F.shape[0] > cap:
+        _warn_once("cap-lattice", f"lattice frame tie set larger than the cap ({F.shape[0]} > {cap}): truncated")
+        F, w = F[:cap], w[:cap] / w[:cap].sum()
+    return F, w
+
+
+# -- frame sets → distinct axis directions (for attention) -------------------------------------------------
+
+def compact_directions(frames: Tensor, frame_w: Tensor, symmetric: bool = False, step: float = MERGE_STEP):
+    """The distinct axis directions of each atom's weighted frame sets, to compute angular features once each.
+
+    The angular features of axis k depend on the direction of e_k only (and on the head's weights), so
+    Σ_t π_t feat(F_t) over a set equals Σ over entries (h, t, k) of π_t · hist_h(e_k^t) placed on axis k.
+    Equal directions of an atom (all heads together), found by quantising them to ``step``, are evaluated
+    once (a direction split across a quantisation boundary is merely evaluated twice; members of a group
+    differ by rounding only). With ``symmetric`` (a basis symmetric under cos → −cos), a direction and its
+    negative share one evaluation: hist(−v) is hist(v) reversed.
+
+    Args:
+        frames: (N, H, T, 3, 3); frame_w: (N, H, T), 0 for padding.
+    Returns:
+        ``atom`` (A,) and ``dirs`` (A, 3) of the distinct directions, and per entry: ``target`` (E,) in
+        [0, N·H·3) (atom, head, axis), ``head`` (E,), ``group`` (E,) index into the A directions, ``coef``
+        (E,) the frame weight, ``flip`` (E,) bool (use the reversed histogram).
+    """
+    N, H, T = frames.shape[:3]
+    active = frame_w > 0
+    n, h, t = torch.nonzero(active, as_tuple=True)
+    E0 = n.shape[0]
+    v = frames[n, h, t].reshape(E0 * 3, 3)
+    k = torch.arange(3, device=v.device).repeat(E0)
+    n, h = n.repeat_interleave(3), h.repeat_interleave(3)
+    coef = frame_w[active].repeat_interleave(3)
+    with torch.no_grad():
+        q = torch.round(v.detach() / step).long()
+        if symmetric:
+            first = torch.argmax((q != 0).to(torch.int8), dim=-1)
+            flip = torch.gather(q, 1, first[:, None]).squeeze(1) < 0
+            q = torch.where(flip[:, None], -q, q)
+        else:
+            flip = torch.zeros(q.shape[0], dtype=torch.bool, device=q.device)
+        # exact grouping on (atom, q): q offset into [0, 2^20) per component → one 60-bit key, then stable
+        # sorts by key and by atom
+        half = int(round(1.0 / step)) + 2
+        qk = (q[:, 0] + half) * (1 << 40) + (q[:, 1] + half) * (1 << 20) + (q[:, 2] + half)
+        o1 = torch.sort(qk, stable=True).indices
+        o2 = torch.sort(n[o1], stable=True).indices
+        perm = o1[o2]
+        ns, ks = n[perm], qk[perm]
+        new_grp = torch.ones_like(ns, dtype=torch.bool)
+        new_grp[1:] = (ns[1:] != ns[:-1]) | (ks[1:] != ks[:-1])
+        gid_sorted = torch.cumsum(new_grp.long(), 0) - 1
+        group = torch.empty_like(gid_sorted).scatter_(0, perm, gid_sorted)
+        atom = ns[new_grp]
+    A = atom.shape[0]
+    vc = torch.where(flip[:, None], -v, v)
+    dirs = torch.zeros(A, 3, dtype=v.dtype, device=v.device).index_add(0, group, vc)
+    dirs = dirs / torch.bincount(group, minlength=A).to(v.dtype)[:, None]
+    return atom, dirs, (n * H + h) * 3 + k, h, group, coef, flip
+
+
+def direction_histograms(w: Tensor, cos: Tensor, basis) -> Tensor:
+    """hist[g, :] = Σ_m w[g, m] · b(cos[g, m]) for G independent rows (w, cos: (G, M)) → (G, D).
+
+    The paper's full basis goes through :func:`crystalframer.nn.basis.angle_features` (its moment
+    expansion) with an identity projection; the windowed basis is evaluated directly.
+    """
+    from crystalframer.nn import basis as basis_mod
+
+    D = basis.bins
+    if getattr(basis, "win", None) is not None or not hasattr(basis_mod, "angle_features"):
+        return basis_mod.angle_histogram(w[:, None, :], cos[:, None, :, None], basis)[:, 0, 0]
+    eye = torch.eye(D, dtype=cos.dtype, device=cos.device).view(1, 1, D, D)
+    ones = torch.ones(cos.shape[0], 1, 1, dtype=cos.dtype, device=cos.device)
+    return basis_mod.angle_features(w[:, None, :], cos[:, None, :, None, None], ones, basis, eye)[:, 0]
+
+
+class _SharedDirectionHistogram(torch.autograd.Function):
+    """hist[a, h, :] = Σ_m w[a, h, m] · b(cos[a, m]): one basis block (M, D) per direction serves every head.
+
+    Rows are processed in chunks, each truncated to its longest row (``lengths``, non-decreasing: slots at or
+    beyond a row's length have zero weight and are skipped; their weight gradient is returned as 0).
+    Backward recomputes the basis (never holds (A, M, D)). Gradients flow to w and to the cosines.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, cos: Tensor, lengths: Tensor, basis, chunk: int) -> Tensor:
+        A, H, M = w.shape
+        out = w.new_empty(A, H, basis.bins)
+        spans = _spans(lengths, chunk)
+        for a, b, L in spans:
+            out[a:b] = torch.bmm(w[a:b, :, :L], basis.values(cos[a:b, :L]))
+        ctx.save_for_backward(w, cos)
+        ctx.basis, ctx.spans = basis, spans
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        w, cos = ctx.saved_tensors
+        basis = ctx.basis
+        need_w, need_cos = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gw = torch.zeros_like(w) if need_w else None
+        gc = torch.zeros_like(cos) if need_cos else None
+        mu = basis.centers(cos.device, cos.dtype)
+        for a, b, L in ctx.spans:
+            B = basis.values(cos[a:b, :L])  # (c, L, D)
+            if need_w:
+                gw[a:b, :, :L] = torch.bmm(grad[a:b], B.transpose(1, 2))
+            if need_cos:
+                gwB = torch.bmm(w[a:b, :, :L].transpose(1, 2), grad[a:b])  # (c, L, D)
+                B.mul_((mu - cos[a:b, :L, None]) / basis.sigma**2)
+                gc[a:b, :L] = (gwB * B).sum(-1)
+        return gw, gc, None, None, None
+
+
+def _spans(lengths: Tensor, budget: int) -> list[tuple[int, int, int]]:
+    """Chunks (start, stop, length) of rows sorted by non-decreasing length, ≤ ``budget`` row·slots each."""
+    ln = lengths.tolist()
+    spans, a = [], 0
+    while a < len(ln):
+        b = a + 1
+        while b < len(ln) and (b + 1 - a) * max(1, ln[b]) <= budget:
+            b += 1
+        spans.append((a, b, max(1, ln[b - 1])))
+        a = b
+    return spans
+
+
+#: a direction used by at least this many heads of an atom is evaluated directly once for all heads (one
+#: (M, D) basis block and a bmm); fewer heads use the moment expansion per (direction, head). Measured on
+#: 2 CPU threads: ~60 µs per direct direction vs ~12 µs per (direction, head) with moments.
+SHARED_HEADS = 5
+
+
+def frame_set_angle_psi(w: Tensor, unit: Tensor, frames: Tensor, frame_w: Tensor, basis, proj: Tensor,
+                        budget: int = 4_000_000) -> Tensor:
+    """Σ_t frame_w_t Σ_k W_k,h Σ_slots w · b(e_k^t · r̂) per (atom, head), once per distinct direction.
+
+    Args:
+        w: (N, H, M) slot weights (0 for slots without a direction); unit: (N, M, 3);
+        frames: (N, H, T, 3, 3); frame_w: (N, H, T); basis: the angular basis; proj: (3, H, C, D).
+    Returns:
+        (N, H, C), as ``DistanceDecayAttention._angle_psi``. The histogram of each distinct axis direction of
+        an atom is computed once (shared by its frames and axes, and by ±v for the symmetric full basis), with
+        no padding to the largest set of the batch: directly for all heads when ≥ ``SHARED_HEADS`` heads use
+        it, else by the basis's moment expansion for each (direction, head) that uses it.
+    """
+    N, H, M = w.shape
+    D = basis.bins
+    symmetric = getattr(basis, "win", None) is None
+    atom, dirs, target, head, group, coef, flip = compact_directions(frames, frame_w, symmetric)
+    A = atom.shape[0]
+    cos = torch.einsum("amc,ac->am", unit[atom], dirs.to(unit.dtype))
+    with torch.no_grad():
+        pairs, pair_of_entry = torch.unique(group * H + head, return_inverse=True)
+        pg, ph = pairs // H, pairs % H
+        n_heads = torch.bincount(pg, minlength=A)
+        direct = n_heads >= (SHARED_HEADS if symmetric else 1)  # (A,)
+        gd = torch.nonzero(direct).flatten()
+        pos_d = torch.full((A,), -1, dtype=torch.long, device=w.device)
+        pos_d[gd] = torch.arange(gd.shape[0], device=w.device)
+        pm = torch.nonzero(~direct[pg]).flatten()  # moment pairs
+        pos_m = torch.full(pairs.shape, -1, dtype=torch.long, device=w.device)
+        pos_m[pm] = torch.arange(pm.shape[0], device=w.device)
+        pair_row = torch.where(direct[pg], pos_d[pg] * H + ph, gd.shape[0] * H + pos_m)
+        # rows sorted by their atom's last slot with a weight: chunks are truncated to their own length
+        last = (w.amax(1) > 0).to(torch.int8).flip(-1).argmax(-1)  # (N,) trailing zero-weight slots
+        length = M - last
+        length = torch.where((w.amax(1) > 0).any(-1), length, torch.ones_like(length))
+    tables = []
+    if gd.numel():
+        od = torch.sort(length[atom[gd]], stable=True).indices
+        gds = gd[od]
+        ld = length[atom[gds]]
+        budget_rows = max(1, budget // max(1, D))
+        hd = _SharedDirectionHistogram.apply(w[atom[gds]].contiguous(), cos[gds].contiguous(), ld, basis,
+                                             budget_rows)
+        inv = torch.empty_like(od)
+        inv[od] = torch.arange(od.shape[0], device=od.device)
+        tables.append(hd[inv].reshape(-1, D))
+    if pm.numel():
+        lm = length[atom[pg[pm]]]
+        om = torch.sort(lm, stable=True).indices
+        rows_w, rows_c = w[atom[pg[pm]], ph[pm]][om], cos[pg[pm]][om]
+        parts = []
+        for a, b, L in _spans(lm[om], max(1, pm.shape[0] * M // 4)):  # ≤ 4 buckets by length
+            parts.append(direction_histograms(rows_w[a:b, :L], rows_c[a:b, :L], basis))
+        hm = torch.cat(parts)
+        inv = torch.empty_like(om)
+        inv[om] = torch.arange(om.shape[0], device=om.device)
+        tables.append(hm[inv])
+    table = torch.cat(tables) if len(tables) > 1 else tables[0]
+    R = table.shape[0]
+    with torch.no_grad():
+        # entries with the same (atom, head, axis) and table row (and orientation) add their weights first
+        src = pair_row[pair_of_entry] + (R * flip.long() if symmetric else 0)
+        key, inv = torch.unique(target * (2 * R) + src, return_inverse=True)
+    c = torch.zeros(key.shape[0], dtype=coef.dtype, device=coef.device).index_add(0, inv, coef)
+    tgt, src = key // (2 * R), key % (2 * R)
+    if symmetric:
+        table = torch.cat([table, table.flip(-1)])
+    acc = table.new_zeros(N * H * 3, D).index_add(0, tgt, table[src] * c[:, None].to(table.dtype))
+    return torch.einsum("nhkd,khcd->nhc", acc.view(N, H, 3, D), proj)

@@ -1,0 +1,119 @@
+"""Predicting and scoring crystals with a trained protocol model (no Lightning)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from crystalframer.data.structures import Crystal
+from crystalframer.training.metrics import regression_metrics
+
+__all__ = ["Predictions", "predict_crystals", "evaluate_crystals", "write_predictions_csv", "column_name",
+           "target_info"]
+
+
+@dataclass
+class Predictions:
+    """Predictions of one model on a list of crystals.
+
+    Attributes:
+        ids: n structure ids.
+        y_pred: (n, T) in the targets' units.
+        y_true: (n, T) labels (NaN = missing) or None when the crystals carry no labels.
+        names, units: T target names and units.
+    """
+
+    ids: list[str]
+    y_pred: np.ndarray
+    y_true: np.ndarray | None
+    names: list[str]
+    units: list[str]
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        if self.y_true is None:
+            raise ValueError("these structures have no labels; nothing to score")
+        return regression_metrics(self.y_true, self.y_pred, self.names)
+
+
+def target_info(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """(names, units) of a protocol model's targets (units empty where unknown)."""
+    n = int(model.target_mean.numel())
+    cfg = getattr(model, "config", {}) or {}
+    names = list(getattr(model, "target_names", None) or cfg.get("target_names") or [f"target_{k}" for k in range(n)])
+    units = list(getattr(model, "target_units", None) or cfg.get("target_units") or [""] * n)
+    units = [(u or "") for u in units] + [""] * (n - len(units))
+    return [str(x) for x in names], [str(u) for u in units[:n]]
+
+
+@torch.no_grad()
+def predict_crystals(model: torch.nn.Module, crystals: Sequence[Crystal], batch_size: int = 64,
+                     device: str | torch.device | None = None) -> Predictions:
+    """Run ``model`` on ``crystals`` in eval mode; predictions in the targets' units.
+
+    Labels are taken from ``crystal.targets`` when every crystal has them (aligned with the model's
+    targets by position).
+    """
+    names, units = target_info(model)
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    preds, trues = [], []
+    have_labels = len(crystals) > 0 and all(c.targets is not None for c in crystals)
+    try:
+        for k in range(0, len(crystals), batch_size):
+            chunk = list(crystals[k:k + batch_size])
+            batch = model.collate(chunk).to(dev, dtype)
+            out = model(batch) * model.target_std + model.target_mean
+            preds.append(out.double().cpu().numpy())
+            if have_labels:
+                trues.append(np.stack([np.asarray(c.targets, np.float64) for c in chunk]))
+    finally:
+        model.train(was_training)
+    T = len(names)
+    y_pred = np.concatenate(preds) if preds else np.zeros((0, T))
+    y_true = (np.concatenate(trues) if trues else np.zeros((0, T))) if have_labels or not crystals else None
+    if y_true is not None and y_true.shape[1] != T:
+        raise ValueError(f"the structures carry {y_true.shape[1]} labels but the model predicts {T} targets {names}")
+    return Predictions([c.id for c in crystals], y_pred, y_true, names, units)
+
+
+def evaluate_crystals(model: torch.nn.Module, crystals: Sequence[Crystal], batch_size: int = 64,
+                      device: str | torch.device | None = None) -> tuple[dict[str, dict[str, float]], Predictions]:
+    """(metrics per target, predictions) of ``model`` on labelled ``crystals``."""
+    p = predict_crystals(model, crystals, batch_size, device)
+    if p.y_true is None:
+        raise ValueError("the structures have no labels for the model's targets")
+    return p.metrics(), p
+
+
+def column_name(name: str, unit: str, suffix: str = "") -> str:
+    """CSV column of a target: ``heat_all [eV]`` (or ``heat_all_true [eV]`` with suffix ``_true``)."""
+    return f"{name}{suffix} [{unit}]" if unit else f"{name}{suffix}"
+
+
+def write_predictions_csv(path: str | os.PathLike, preds: Predictions, with_truth: bool = True) -> Path:
+    """CSV with an ``id`` column, one prediction column per target and, with labels, ``<t>_true`` columns."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = ["id"] + [column_name(n, u) for n, u in zip(preds.names, preds.units)]
+    truth = with_truth and preds.y_true is not None
+    if truth:
+        header += [column_name(n, u, "_true") for n, u in zip(preds.names, preds.units)]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i, sid in enumerate(preds.ids):
+            row: list[Any] = [sid] + [repr(float(v)) for v in preds.y_pred[i]]
+            if truth:
+                row += ["" if not np.isfinite(v) else repr(float(v)) for v in preds.y_true[i]]
+            w.writerow(row)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,492 @@
+"""Run orchestration: config → data → model → Lightning fit → final evaluation, files and plots.
+
+A run folder holds::
+
+    config.yaml / config.json     the resolved configuration (data, model, recipe, devices, versions)
+    checkpoints/last.ckpt         Lightning state for --resume (optimizer, scheduler, SWA average, RNG)
+    checkpoints/last.pt, best.pt  self-describing models (crystalframer.load), updated every epoch
+    model.pt                      the final model: the SWA average (the paper's selection), or the last
+                                  weights when SWA is off
+    history.csv                   one row per epoch (losses, val MAE, LR, time)
+    csv/metrics.csv, tensorboard/ step-level logs
+    metrics.json                  MAE / RMSE / R² per target of the SWA and best-val models on val and test
+    predictions/<model>_<split>.csv, parity_<split>.png, learning_curves.png
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from crystalframer.checkpoint import jsonable, library_version, load, save_model
+from crystalframer.data.structures import Crystal
+from crystalframer.training.data import CrystalDataModule, DataSpec, Splits, resolve_data
+from crystalframer.training.evaluation import evaluate_crystals, write_predictions_csv
+from crystalframer.training.metrics import population_stats
+from crystalframer.training.recipe import Recipe, get_recipe
+
+__all__ = ["TrainConfig", "RunResult", "train", "build_model", "set_target_normalisation", "RUN_DIR_ENV",
+           "format_metrics"]
+
+#: Set by rank 0 so that DDP worker processes (re-launched with the same command line) use its run folder.
+RUN_DIR_ENV = "CRYSTALFRAMER_RUN_DIR"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs (JSON/YAML-able; ``crystalframer train --config`` reads the same keys).
+
+    Attributes:
+        data: where the data comes from (:class:`~crystalframer.training.data.DataSpec` or its dict).
+        model_type: model class name in ``crystalframer.models.MODEL_CLASSES``.
+        model: constructor keyword arguments (``frame``, ``num_layers``, ...); targets are filled in.
+        frame: shortcut for ``model["frame"]`` ("max", "none", "static", "weighted_pca", "pca", "lattice").
+        preset: recipe preset (``jarvis``, ``mp``, ``oqmd``, ``quick``).
+        recipe: recipe fields overriding the preset (``epochs``, ``batch_size``, ``lr``, ``seed`` ...).
+        output: run folder (default ``runs/<data>-<frame>-<preset>-<time>``).
+        init_from: start from this checkpoint's weights (fine-tuning); normalisation is re-fitted.
+        accelerator, devices, num_nodes, strategy, precision: passed to ``lightning.Trainer``
+            (``strategy="auto"`` becomes DDP with more than one device).
+        num_workers: DataLoader workers.
+        progress_bar: show Lightning's progress bar; tensorboard: also log to TensorBoard.
+        plots: write the PNG figures at the end.
+        eval_batch_size: batch of the final evaluation (default: the recipe's val batch).
+    """
+
+    data: DataSpec | dict[str, Any] = field(default_factory=DataSpec)
+    model_type: str = "CrystalFramer"
+    model: dict[str, Any] = field(default_factory=dict)
+    frame: str | None = None
+    preset: str = "jarvis"
+    recipe: dict[str, Any] = field(default_factory=dict)
+    output: str | None = None
+    init_from: str | None = None
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_workers: int = 0
+    progress_bar: bool = True
+    tensorboard: bool = True
+    plots: bool = True
+    eval_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, Mapping):
+            known = {f.name for f in dataclasses.fields(DataSpec)}
+            unknown = set(self.data) - known
+            if unknown:
+                raise ValueError(f"unknown data settings {sorted(unknown)}; known: {sorted(known)}")
+            self.data = DataSpec(**self.data)
+        if str(self.precision).startswith("16") or str(self.precision) in ("half", "fp16"):
+            # fp16 needs loss scaling, and the recipe clips the raw gradients itself; bf16 needs neither.
+            raise ValueError(f"precision {self.precision!r} is not supported; use '32-true' (default), "
+                             "'bf16-mixed' or '64-true'")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known - {"versions", "resolved"}
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: copy.deepcopy(v) for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return jsonable(d)
+
+    def resolved_recipe(self) -> Recipe:
+        return get_recipe(self.preset, **self.recipe)
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns (on rank 0; other ranks get ``metrics == {}``).
+
+    Attributes:
+        run_dir: the run folder.
+        metrics: the content of ``metrics.json``.
+        model: the final model (SWA average, or last weights without SWA), in eval mode on the CPU.
+        best_model: the best-validation model.
+        history: one dict per epoch.
+    """
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    model: torch.nn.Module | None = None
+    best_model: torch.nn.Module | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def test_mae(self, which: str = "swa", target: str | None = None) -> float:
+        """Test MAE of ``which`` ("swa" or "best") for ``target`` (default: the first)."""
+        res = self.metrics[which]["test"]
+        return float(res[target or next(iter(res))]["mae"])
+
+
+# -- model -------------------------------------------------------------------------------------------------
+
+
+def _accepted(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Keep only keyword arguments ``cls`` accepts (all of them if it takes **kwargs)."""
+    sig = inspect.signature(cls.__init__)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in sig.parameters}
+
+
+def build_model(config: TrainConfig, recipe: Recipe, target_names: Sequence[str],
+                target_units: Sequence[str]) -> torch.nn.Module:
+    """A fresh model for these targets (or the ``init_from`` checkpoint's, for fine-tuning)."""
+    if config.init_from:
+        model = load(config.init_from)
+        n_old = int(model.target_mean.numel())
+        if n_old != len(target_names):
+            raise ValueError(f"{config.init_from} predicts {n_old} targets, the data has {len(target_names)} "
+                             f"({list(target_names)})")
+        return model.train()
+    from crystalframer.models import MODEL_CLASSES
+
+    if config.model_type not in MODEL_CLASSES:
+        raise ValueError(f"unknown model type {config.model_type!r}; known: {sorted(MODEL_CLASSES)}")
+    cls = MODEL_CLASSES[config.model_type]
+    kwargs = {**recipe.model, **config.model}
+    if config.frame is not None:
+        kwargs["frame"] = config.frame
+    targets = {"n_targets": len(target_names), "target_names": list(target_names),
+               "target_units": list(target_units)}
+    # Optional protocol keys are passed only to classes that accept them; model kwargs given explicitly win.
+    kwargs = {**_accepted(cls, targets), **{k: v for k, v in kwargs.items() if k not in targets}}
+    return cls(**kwargs)
+
+
+@torch.no_grad()
+def set_target_normalisation(model: torch.nn.Module, train: Sequence[Crystal], normalize: bool = True) -> tuple[list[float], list[float]]:
+    """Write the training split's mean and population std into ``model.target_mean/target_std``.
+
+    ``normalize=False`` writes 0 and 1 (the model then learns the raw targets). Returns (mean, std).
+    """
+    n_t = int(model.target_mean.numel())
+    if normalize:
+        y = np.stack([np.asarray(c.targets, np.float64).reshape(-1) for c in train])
+        if y.shape[1] != n_t:
+            raise ValueError(f"the training structures carry {y.shape[1]} targets, the model predicts {n_t}")
+        mean, std = population_stats(y)
+    else:
+        mean, std = np.zeros(n_t), np.ones(n_t)
+    model.target_mean.copy_(torch.as_tensor(mean, dtype=model.target_mean.dtype))
+    model.target_std.copy_(torch.as_tensor(std, dtype=model.target_std.dtype))
+    return mean.tolist(), std.tolist()
+
+
+# -- run folder --------------------------------------------------------------------------------------------
+
+
+def _is_main_process() -> bool:
+    """True in the launching process (rank 0 of node 0), before Lightning sets anything up."""
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
+        v = os.environ.get(key)
+        if v not in (None, "", "0"):
+            return False
+    return True
+
+
+def _default_run_dir(config: TrainConfig) -> Path:
+    spec = config.data
+    data = spec.dataset or Path(spec.source or spec.train or "data").stem.split(".")[0]
+    frame = config.frame or config.model.get("frame", "model")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{data}-{frame}-{config.preset}-{stamp}"
+
+
+def resolve_run_dir(config: TrainConfig, resume: bool | str = False) -> Path:
+    if os.environ.get(RUN_DIR_ENV) and not _is_main_process():
+        return Path(os.environ[RUN_DIR_ENV])
+    if config.output:
+        return Path(config.output)
+    if isinstance(resume, str):
+        p = Path(resume)
+        return p.parent.parent if p.is_file() else p
+    if config.num_nodes > 1:
+        raise ValueError("multi-node runs need an explicit output folder (--output) shared by every node")
+    return _default_run_dir(config)
+
+
+def _write_config(run_dir: Path, config: TrainConfig, recipe: Recipe, model: torch.nn.Module,
+                  splits: Splits, extra: dict[str, Any]) -> dict[str, Any]:
+    doc = config.to_dict()
+    doc["resolved"] = jsonable({
+        "recipe": recipe.to_dict(), "model_class": type(model).__name__, "model_config": model.config,
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        "target_names": splits.target_names, "target_units": splits.target_units,
+        "split_sizes": splits.sizes(), **extra,
+    })
+    doc["versions"] = {"crystalframer": library_version(), "torch": torch.__version__,
+                       "lightning": _lightning_version(), "python": ".".join(map(str, __import__("sys").version_info[:3]))}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(doc, indent=2, default=str))
+    try:
+        import yaml
+
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(doc, default=str)), sort_keys=False))
+    except ImportError:  # pragma: no cover - PyYAML ships with lightning
+        pass
+    return doc
+
+
+class _DropAdverts(logging.Filter):
+    """Drops Lightning's start-up advertisement for its cloud logger (noise in every run's output)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.getMessage())
+
+
+def _quiet_lightning() -> None:
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdverts) for f in log.filters):
+        log.addFilter(_DropAdverts())
+
+
+def _lightning_version() -> str:
+    import lightning
+
+    return lightning.__version__
+
+
+# -- training ----------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig | Mapping[str, Any], resume: bool | str = False, splits: Splits | None = None,
+          model: torch.nn.Module | None = None, callbacks: Sequence[Any] = (), verbose: bool = True) -> RunResult:
+    """Train a model with the published recipe and evaluate the SWA and best-validation models.
+
+    Args:
+        config: a :class:`TrainConfig` or its dict.
+        resume: continue the run in ``config.output`` from its ``checkpoints/last.ckpt`` (True), or from
+            the given checkpoint path. A missing checkpoint starts the run from scratch.
+        splits: data already in memory (overrides ``config.data``).
+        model: a protocol model to train (overrides ``model_type``/``model``); its target
+            normalisation is overwritten with the training split's statistics.
+        callbacks: extra Lightning callbacks.
+        verbose: print a summary at the start and the metrics at the end (rank 0).
+    Returns:
+        :class:`RunResult` (metrics, final and best models) on rank 0.
+    """
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from crystalframer.training.callbacks import RunCheckpoint
+    from crystalframer.training.module import CrystalPropertyModule
+
+    if not isinstance(config, TrainConfig):
+        config = TrainConfig.from_dict(config)
+    recipe = config.resolved_recipe()
+    main = _is_main_process()
+    run_dir = resolve_run_dir(config, resume)
+    ckpt_path: Path | None = None
+    if resume:
+        ckpt_path = Path(resume) if isinstance(resume, str) and Path(resume).is_file() else run_dir / "checkpoints" / "last.ckpt"
+        if not ckpt_path.is_file():
+            if main and verbose:
+                print(f"no checkpoint at {ckpt_path}: starting the run from scratch")
+            ckpt_path = None
+    elif main and (run_dir / "checkpoints" / "last.ckpt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
+                              "--output")
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # inherited by the DDP processes Lightning launches
+
+    warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device`.*")
+    # A resumed run appends to its CSV log (Lightning >= 2.2); the warning about deleting it is outdated.
+    warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
+    _quiet_lightning()
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+
+    if splits is None:
+        splits = resolve_data(config.data)  # type: ignore[arg-type]
+    if model is None:
+        model = build_model(config, recipe, splits.target_names, splits.target_units)
+    mean, std = set_target_normalisation(model, splits.train, recipe.normalize_targets)
+
+    steps_per_epoch = len(splits.train) // recipe.batch_size if recipe.drop_last else math.ceil(len(splits.train) / recipe.batch_size)
+    run_info = {"data": config.data.to_dict() if isinstance(config.data, DataSpec) else config.data,
+                "preset": config.preset, "recipe": recipe.to_dict(), "split_sizes": splits.sizes(),
+                "target_mean": mean, "target_std": std, "seed": recipe.seed}
+    if main:
+        _write_config(run_dir, config, recipe, model, splits, {"steps_per_epoch": steps_per_epoch,
+                                                               "target_mean": mean, "target_std": std})
+        if verbose:
+            n_par = sum(p.numel() for p in model.parameters())
+            print(f"run folder: {run_dir}\n{type(model).__name__} ({n_par:,} parameters), frame "
+                  f"{getattr(model, 'config', {}).get('frame', '?')}; data {config.data.describe()}: "  # type: ignore[union-attr]
+                  f"train/val/test {len(splits.train)}/{len(splits.val)}/{len(splits.test)}; targets "
+                  f"{splits.target_names}; {recipe.epochs} epochs (SWA {recipe.swa_epochs}), batch {recipe.batch_size}"
+                  + (f"; resuming from {ckpt_path}" if ckpt_path else ""))
+
+    module = CrystalPropertyModule(model, recipe, run_info)
+    dm = CrystalDataModule(splits.train, splits.val, model.collate, recipe.batch_size, recipe.val_batch_size,
+                           recipe.seed, recipe.drop_last, config.num_workers)
+    ckpt_cb = RunCheckpoint(run_dir, run_info)
+    loggers = [CSVLogger(str(run_dir), name="", version="csv")]
+    if config.tensorboard:
+        loggers.append(TensorBoardLogger(str(run_dir), name="", version="tensorboard", default_hp_metric=False))
+    cbs: list[Any] = [ckpt_cb, *callbacks]
+    if config.progress_bar:
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        cbs.append(TQDMProgressBar(refresh_rate=max(1, steps_per_epoch // 20)))
+    strategy = config.strategy
+    if strategy == "auto" and _multi_device(config.devices, config.num_nodes):
+        strategy = "ddp"
+    trainer = L.Trainer(
+        max_epochs=recipe.epochs, accelerator=config.accelerator, devices=config.devices,
+        num_nodes=config.num_nodes, strategy=strategy, precision=config.precision, logger=loggers,
+        callbacks=cbs, default_root_dir=str(run_dir), num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, steps_per_epoch)), enable_progress_bar=config.progress_bar,
+        enable_model_summary=False, use_distributed_sampler=False, deterministic=False,
+        check_val_every_n_epoch=1,
+    )
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    finally:
+        if main:
+            os.environ.pop(RUN_DIR_ENV, None)
+    fit_time = time.perf_counter() - t0
+    if not trainer.is_global_zero:
+        return RunResult(run_dir, {}, history=module.history)
+    return _finish(run_dir, config, recipe, module, ckpt_cb, splits, trainer, fit_time, verbose)
+
+
+def _multi_device(devices: Any, num_nodes: int) -> bool:
+    if num_nodes > 1:
+        return True
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if isinstance(devices, str):
+        if devices.strip() in ("auto", "-1"):
+            return torch.cuda.device_count() > 1
+        try:
+            return int(devices) > 1 or int(devices) == -1 and torch.cuda.device_count() > 1
+        except ValueError:
+            return "," in devices
+    return int(devices) > 1 or (int(devices) == -1 and torch.cuda.device_count() > 1)
+
+
+def _val_stats(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Statistics of the validation-loss history (the official hp/min, hp/mean_min10, hp/avr50)."""
+    v = np.array([h.get("val_loss", math.nan) for h in history], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return {}
+    out = {"val_loss_min": float(v.min()), "val_loss_mean_min10": float(np.sort(v)[:10].mean()),
+           "val_loss_last": float(v[-1])}
+    if v.size >= 50:
+        avr = np.convolve(v, np.ones(50) / 50, mode="valid")
+        out["val_loss_min_avr50"] = float(avr.min())
+        out["val_loss_avr50"] = float(avr[-1])
+    return out
+
+
+def _finish(run_dir: Path, config: TrainConfig, recipe: Recipe, module, ckpt_cb, splits: Splits, trainer,
+            fit_time: float, verbose: bool) -> RunResult:
+    """Evaluate the SWA and best models on val/test; write metrics, predictions, plots and model.pt."""
+    from crystalframer.training.callbacks import write_history_csv
+    from crystalframer.training.plots import learning_curves, parity_plot
+
+    device = trainer.strategy.root_device
+    eval_bs = config.eval_batch_size or recipe.test_batch_size or recipe.val_batch_size or recipe.batch_size
+    live = module.model
+    final_name = "swa" if module.swa is not None and module.swa.n_averaged > 0 else "last"
+    final = module.swa_model().to(device).eval()
+    best = (load(ckpt_cb.best_path, map_location=device, model_class=type(live)) if ckpt_cb.best_path.exists()
+            else copy.deepcopy(live))
+    models = {final_name: final, "best": best}
+    metrics: dict[str, Any] = {
+        "final_model": final_name, "target_names": splits.target_names, "target_units": splits.target_units,
+        "epochs": int(trainer.current_epoch), "global_steps": int(trainer.global_step),
+        "best_epoch": int(ckpt_cb.best_epoch), "best_val_loss": float(ckpt_cb.best_val_loss),
+        "swa_averaged_steps": int(module.swa.n_averaged) if module.swa is not None else 0,
+        "skipped_steps": int(module.skipped_steps), "fit_time_s": float(fit_time),
+        "num_parameters": int(sum(p.numel() for p in live.parameters())),
+        "split_sizes": splits.sizes(), **_val_stats(module.history),
+    }
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    log_flat: dict[str, float] = {}
+    for name, m in models.items():
+        metrics[name] = {}
+        for split in ("val", "test"):
+            crystals = getattr(splits, split)
+            if not crystals:
+                continue
+            t = time.perf_counter()
+            res, preds = evaluate_crystals(m, crystals, eval_bs, device)
+            metrics[name][split] = res
+            metrics[name][f"{split}_time_s"] = time.perf_counter() - t
+            write_predictions_csv(run_dir / "predictions" / f"{name}_{split}.csv", preds)
+            panels.setdefault(split, {})[f"{name.upper() if name == 'swa' else name}"] = (preds.y_true, preds.y_pred)
+            for tname, r in res.items():
+                tag = f"{split}-{name}" if name != "best" else split
+                log_flat[f"{tag}/mae_{tname}"] = r["mae"]
+                log_flat[f"{tag}/rmse_{tname}"] = r["rmse"]
+                log_flat[f"{tag}/r2_{tname}"] = r["r2"]
+    (run_dir / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
+    for lg in trainer.loggers:
+        try:
+            lg.log_metrics({k: v for k, v in log_flat.items() if math.isfinite(v)}, step=int(trainer.global_step))
+            lg.save()
+        except Exception as e:  # noqa: BLE001 - a logger failure must not lose the results
+            warnings.warn(f"could not log final metrics to {type(lg).__name__}: {e}")
+    write_history_csv(module.history, run_dir / "history.csv")
+    final_cpu = final.to("cpu")
+    save_model(final_cpu, run_dir / "model.pt",
+               training={**module.run_info, "selection": final_name, "epochs": int(trainer.current_epoch),
+                         "metrics": {k: metrics[final_name].get(k) for k in ("val", "test")}})
+    if config.plots:
+        for split, panel in panels.items():
+            parity_plot(panel, splits.target_names, splits.target_units, run_dir / f"parity_{split}.png",
+                        title=f"{split} set")
+        if module.history:
+            learning_curves(module.history, run_dir / "learning_curves.png",
+                            recipe.swa_start_epoch if module.swa is not None else None,
+                            splits.target_names, splits.target_units)
+    if verbose:
+        print(format_metrics(metrics))
+    return RunResult(run_dir, metrics, final_cpu, best.to("cpu"), list(module.history))
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """Human-readable summary of ``metrics.json`` (the test MAE of the final and best models first)."""
+    lines = []
+    names, units = metrics.get("target_names", []), metrics.get("target_units", [])
+    final = metrics.get("final_model", "swa")
+    for split in ("test", "val"):
+        for which in (final, "best"):
+            res = (metrics.get(which) or {}).get(split)
+            if not res:
+                continue
+            for k, t in enumerate(names):
+                r = res[t]
+                unit = f" {units[k]}" if k < len(units) and units[k] else ""
+                lines.append(f"{split} {which:>4} {t}: MAE {r['mae']:.6g}{unit}  RMSE {r['rmse']:.6g}{unit}  "
+                             f"R² {r['r2']:.4f}  (n={r['n']})")
+    if metrics.get("best_epoch", -1) >= 0:
+        lines.append(f"best epoch {metrics['best_epoch'] + 1} (val loss {metrics.get('best_val_loss', float('nan')):.6g}); "
+                     f"{metrics.get('epochs')} epochs, {metrics.get('global_steps')} steps, "
+                     f"{metrics.get('fit_time_s', 0):.1f} s")
+    return "\n".join(lines)

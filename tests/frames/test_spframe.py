@@ -1,0 +1,315 @@
+"""SPFrame (spframe_quat, spframe_gs, spframe_global) and the equivariant Gram–Schmidt local-frame baseline.
+
+Models are small (2 layers, width 32, 4 heads) and run in float64 on float64 batches, so invariances hold
+to ~1e-12 and are tested at 1e-9; a broken invariance (e.g. the identity global frame) moves outputs by
+> 1e-4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+import crystalframer as cf
+from crystalframer.data.batch import collate
+from crystalframer.data.structures import to_crystal
+from crystalframer.frames import FRAMES, build_frame
+from crystalframer.frames.spframe import (SPFrameQuaternion, global_frame, pca_frame, quaternion_to_rotation,
+                                          reduced_frame)
+from crystalframer.geometry.images import sphere_images
+from crystalframer.nn.attention import DistanceDecayAttention
+from tests.helpers import SKEW, change_basis, permute, random_rotation, reimage, rotate, translate
+
+TOL = 1e-9
+SMALL = dict(num_layers=2, model_dim=32, num_heads=4, ff_dim=64, head_dims=(32,), frame_noise=0.0, cutoff=5.0)
+LEARNED = ["spframe_quat", "spframe_gs", "equiv_gs_local"]
+
+
+def small_model(frame: str, seed: int = 0, **opts) -> cf.CrystalFramer:
+    torch.manual_seed(seed)
+    return cf.CrystalFramer(frame=frame, frame_options=opts, **SMALL).double().eval()
+
+
+def batch64(structures):
+    return collate([to_crystal(s) for s in structures], dtype=torch.float64)
+
+
+def run(m, structures, **kw):
+    with torch.no_grad():
+        return m(batch64(structures), **kw)
+
+
+@pytest.fixture(scope="module")
+def structures(real_low_symmetry, small_cells):
+    return list(small_cells) + list(real_low_symmetry[:1])
+
+
+TRICLINIC = Lattice.from_parameters(4.3, 5.1, 6.7, 78.0, 96.0, 107.0).matrix
+MONOCLINIC = Lattice.monoclinic(4.1, 5.3, 6.2, 103.0).matrix
+LEFT_HANDED = TRICLINIC[[1, 0, 2]]  # det < 0
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def test_registered_and_sized_by_the_model():
+    assert {"spframe_quat", "spframe_gs", "equiv_gs_local", "spframe_global"} <= set(FRAMES)
+    with pytest.raises(TypeError, match="model width and head count"):
+        build_frame("spframe_quat")
+    with pytest.raises(ValueError, match="global_frame must be one of"):
+        build_frame("spframe_quat", dim=8, heads=2, global_frame="lll")
+    m = small_model("spframe_quat")
+    frames = [blk.attn.frame for blk in m.layers]
+    assert all(isinstance(f, SPFrameQuaternion) and f.differentiable for f in frames)
+    assert [(f.dim, f.heads, f.layer) for f in frames] == [(32, 4, 0), (32, 4, 1)]
+    # message="first": the extra invariant attention block only in the first layer
+    assert [len(f.blocks) for f in frames] == [1, 0]
+    assert [len(blk.attn.frame.blocks) for blk in small_model("spframe_quat", message="all").layers] == [1, 1]
+    assert [len(blk.attn.frame.blocks) for blk in small_model("spframe_gs").layers] == [2, 0]
+    assert [len(blk.attn.frame.blocks) for blk in small_model("spframe_quat", message="none").layers] == [0, 0]
+
+
+@pytest.mark.parametrize("frame", LEARNED)
+def test_rebuilt_from_config_and_state_dict_gives_the_same_predictions(frame, small_cells):
+    m = small_model(frame, per_head=False) if frame != "equiv_gs_local" else small_model(frame)
+    m2 = type(m)(**m.config).double().eval()
+    m2.load_state_dict(m.state_dict())
+    assert torch.equal(run(m, small_cells), run(m2, small_cells))
+
+
+# ------------------------------------------------------------------------------------ quaternion → rotation
+def test_quaternion_rotation_is_orthonormal_sign_symmetric_and_safe_at_zero():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(200, 4, generator=g, dtype=torch.float64) * torch.logspace(-3, 3, 200, dtype=torch.float64)[:, None]
+    R = quaternion_to_rotation(q)
+    assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3, dtype=R.dtype).expand_as(R), atol=1e-12)
+    assert torch.allclose(torch.linalg.det(R), torch.ones(200, dtype=R.dtype), atol=1e-12)
+    assert torch.allclose(quaternion_to_rotation(-q), R, atol=1e-14)
+    # the same convention as tests.helpers.random_rotation (a unit quaternion, real part first)
+    q0 = np.random.default_rng(5).normal(size=4)
+    assert np.allclose(quaternion_to_rotation(torch.tensor(q0)).numpy(), random_rotation(5), atol=1e-12)
+    # 90° about z maps x onto y
+    c = np.cos(np.pi / 4)
+    Rz = quaternion_to_rotation(torch.tensor([c, 0.0, 0.0, c], dtype=torch.float64))
+    assert torch.allclose(Rz @ torch.tensor([1.0, 0, 0], dtype=torch.float64),
+                          torch.tensor([0.0, 1, 0], dtype=torch.float64), atol=1e-12)
+    # q = 0: identity, finite gradients
+    z = torch.zeros(3, 4, dtype=torch.float64, requires_grad=True)
+    R0 = quaternion_to_rotation(z)
+    assert torch.equal(R0, torch.eye(3, dtype=torch.float64).expand(3, 3, 3))
+    (R0 * torch.randn(3, 3, 3, dtype=torch.float64)).sum().backward()
+    assert torch.isfinite(z.grad).all()
+
+
+# ------------------------------------------------------------------------------------------ global frames
+@pytest.mark.parametrize("method", ["qr", "polar", "pca", "reduced"])
+def test_global_frames_are_rotations_and_equivariant(method):
+    lattices = [TRICLINIC, MONOCLINIC, LEFT_HANDED] if method != "reduced" else [TRICLINIC, LEFT_HANDED]
+    T = torch.tensor(np.stack(lattices))
+    F = global_frame(T, method)
+    eye = torch.eye(3, dtype=F.dtype).expand_as(F)
+    assert torch.allclose(F @ F.transpose(-1, -2), eye, atol=1e-12)
+    assert torch.allclose(torch.linalg.det(F), torch.ones(len(lattices), dtype=F.dtype), atol=1e-12)
+    for seed in range(3):
+        Q = torch.tensor(random_rotation(seed))
+        assert torch.allclose(global_frame(T @ Q.T, method), F @ Q.T, atol=1e-10), seed
+
+
+def test_qr_frame_puts_l1_on_x_and_l2_in_the_xy_plane():
+    T = torch.tensor(np.stack([TRICLINIC, LEFT_HANDED]))
+    U = global_frame(T, "qr") @ T.transpose(-1, -2)  # coordinates of the lattice vectors (columns)
+    assert torch.allclose(torch.tril(U, -1)[0], torch.zeros(3, 3, dtype=U.dtype), atol=1e-12)
+    assert U[0, 0, 0] > 0 and U[0, 1, 1] > 0 and U[0, 2, 2] > 0
+    # left-handed basis: the paper's fix negates the first axis
+    assert U[1, 0, 0] < 0 and U[1, 1, 1] > 0
+
+
+def test_pca_frame_is_undefined_for_cubic_cells_and_falls_back_on_qr():
+    T = torch.tensor(np.stack([Lattice.cubic(4.0).matrix, TRICLINIC]))
+    with pytest.raises(ValueError, match="undefined"):
+        pca_frame(T, fallback="raise")
+    F = pca_frame(T)
+    assert torch.allclose(F[0], global_frame(T, "qr")[0])
+    assert not torch.allclose(F[1], global_frame(T, "qr")[1], atol=1e-3)
+
+
+def test_reduced_global_frame_does_not_depend_on_the_unit_cell():
+    T = torch.tensor(TRICLINIC)
+    cells = [np.asarray(SKEW), np.array([[1, 2, 0], [0, 1, 0], [0, -1, 1]]),
+             np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]])]
+    F = reduced_frame(T[None])[0]
+    for U in cells:
+        T2 = torch.tensor(U, dtype=T.dtype) @ T
+        assert torch.allclose(reduced_frame(T2[None])[0], F, atol=1e-10)
+        assert not torch.allclose(global_frame(T2[None], "qr")[0], global_frame(T[None], "qr")[0], atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------- invariance
+@pytest.mark.parametrize("frame,opts", [("spframe_quat", {}), ("spframe_quat", {"global_frame": "polar"}),
+                                        ("spframe_quat", {"global_frame": "reduced", "per_head": False}),
+                                        ("spframe_gs", {"global_frame": "pca"}), ("equiv_gs_local", {})])
+def test_predictions_are_invariant_to_rigid_motions_permutations_and_images(frame, opts, structures):
+    m = small_model(frame, **opts)
+    ref = run(m, structures).numpy()
+    moved = {
+        "rotation": [rotate(s, random_rotation(40 + k)) for k, s in enumerate(structures)],
+        "translation": [translate(s, np.random.default_rng(k).normal(scale=3.0, size=3))
+                        for k, s in enumerate(structures)],
+        "permutation": [permute(s, k) for k, s in enumerate(structures)],
+        "rotation+image": [rotate(reimage(s, k), random_rotation(k)) for k, s in enumerate(structures)],
+    }
+    for name, ss in moved.items():
+        err = np.abs(run(m, ss).numpy() - ref).max()
+        assert err < TOL, f"{frame} {opts}: {name} changed the prediction by {err:.2e}"
+    assert np.ptp(ref) > 1e-3  # not trivially constant
+
+
+def test_identity_global_frame_is_not_rotation_invariant(structures):
+    m = small_model("spframe_quat", global_frame="identity")
+    ref = run(m, structures).numpy()
+    out = run(m, [rotate(s, random_rotation(40 + k)) for k, s in enumerate(structures)]).numpy()
+    assert np.abs(out - ref).max() > 1e-4
+
+
+def test_reduced_global_frame_gives_the_same_prediction_for_another_cell(real_low_symmetry):
+    """A triclinic (P1) crystal: no two lattice vectors tie, so the reduced basis is canonical. (With ties,
+    e.g. a = b in mp-567341, the choice follows the basis given, as for the lattice frames.)"""
+    s = next(x for x in real_low_symmetry if x.properties["id"] == "mp-1185517")
+    other = change_basis(s, SKEW)
+    red = run(small_model("spframe_quat", global_frame="reduced"), [s, other]).numpy()
+    assert np.abs(red[0] - red[1]).max() < TOL
+    qr = run(small_model("spframe_quat"), [s, other]).numpy()
+    assert np.abs(qr[0] - qr[1]).max() > 1e-5  # the paper's QR frame depends on the cell's basis
+
+
+def _frames_and_rotations(m, structures):
+    """(N, L, H, 3, 3) frames and F_INV = F F_gᵀ (for SPFrame with the model's global frame)."""
+    b = batch64(structures)
+    with torch.no_grad():
+        F = m(b, return_all=True)["frames"]
+    method = m.layers[0].attn.frame.global_method
+    Fg = global_frame(b.lattice, method)[b.batch][:, None, None]
+    return F, F @ Fg.transpose(-1, -2)
+
+
+@pytest.mark.parametrize("frame", LEARNED)
+def test_frames_rotate_with_the_crystal_and_the_spframe_rotation_is_invariant(frame, structures):
+    m = small_model(frame)
+    Q = random_rotation(9)
+    b = batch64(structures)
+    br = batch64([rotate(s, Q) for s in structures])
+    with torch.no_grad():
+        F, Fr = m(b, return_all=True)["frames"], m(br, return_all=True)["frames"]
+    eye = torch.eye(3, dtype=F.dtype)
+    assert torch.allclose(F @ F.transpose(-1, -2), eye.expand_as(F), atol=1e-10)
+    assert torch.allclose(torch.linalg.det(F), torch.ones(F.shape[:-2], dtype=F.dtype), atol=1e-10)
+    assert torch.allclose(Fr, F @ torch.tensor(Q).T, atol=1e-9)
+    if frame != "equiv_gs_local":
+        _, R = _frames_and_rotations(m, structures)
+        _, Rr = _frames_and_rotations(m, [rotate(s, Q) for s in structures])
+        assert torch.allclose(R, Rr, atol=1e-9)
+        assert (R - eye).abs().amax() > 1e-2  # a real rotation, not the identity
+
+
+# --------------------------------------------------------------------------------- symmetry preservation
+def _p4_toy() -> Structure:
+    """P4 (no mirrors): four Si in a general position related by the 4-fold axis, plus O on the axis."""
+    return Structure.from_spacegroup("P4", Lattice.tetragonal(5.0, 3.7), ["Si", "O"],
+                                     [[0.23, 0.11, 0.07], [0.0, 0.0, 0.5]])
+
+
+def _framed_neighbourhood(img, i: int, frame: np.ndarray) -> np.ndarray:
+    """Framed displacements u = F r of atom i's images within 4 Å, sorted (a canonical list)."""
+    vec = img.vec[i][img.mask[i] & (img.d2[i] < 16.0) & (img.d2[i] > 1e-6)].numpy()
+    u = np.round(vec @ frame.T, 6)
+    return u[np.lexsort(u.T[::-1])]
+
+
+@pytest.mark.parametrize("frame", ["spframe_quat", "spframe_gs"])
+def test_symmetry_equivalent_atoms_share_the_rotation_but_keep_distinct_framed_environments(frame):
+    """P4 toy: four Si related by 90° rotations. In the first layer (invariant, distance-only states) the four
+    get the same invariant rotation, and their framed environments stay distinct (rotated by 90°), so the
+    layer's output tells them apart; later layers' rotations then differ (they see those states). The
+    equivariant local frames of the baseline map them onto one framed environment and identical states."""
+    s = _p4_toy()
+    si = [i for i, sp in enumerate(s.species) if sp.symbol == "Si"]
+    b = batch64([s])
+    img = sphere_images(b.lattice, b.pos, b.ptr, 6.0)
+    m = small_model(frame)
+    F, R = _frames_and_rotations(m, [s])
+    for i in si[1:]:
+        assert torch.allclose(R[i, 0], R[si[0], 0], atol=1e-9)  # same invariant rotation, every head
+    envs = [_framed_neighbourhood(img, i, F[i, 0, 0].numpy()) for i in si]
+    for e in envs[1:]:
+        assert e.shape == envs[0].shape and np.abs(e - envs[0]).max() > 0.1  # 90°-rotated, not identical
+    states = run(m, [s], return_all=True)["states"][si, 0]
+    assert (states - states[0]).abs().max() > 1e-4
+
+    # the equivariant local-frame baseline maps them onto one and the same framed environment (spec A.2)
+    out = run(small_model("equiv_gs_local"), [s], return_all=True)
+    for layer in range(out["frames"].shape[1]):
+        envs = [_framed_neighbourhood(img, i, out["frames"][i, layer, 0].numpy()) for i in si]
+        for e in envs[1:]:
+            assert np.abs(e - envs[0]).max() < 1e-5
+    states = out["states"][si]
+    assert (states - states[0]).abs().max() < 1e-9
+
+
+def test_exactly_symmetric_rock_salt_stays_finite_and_invariant():
+    """In the conventional rock-salt cell every site is centrosymmetric: the equivariant vectors α, β vanish
+    and equiv_gs_local falls back on the lattice axes (still invariant); SPFrame gives all Na (and all Cl)
+    the same invariant rotation."""
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    Q = random_rotation(2)
+    for frame in ["spframe_quat", "equiv_gs_local"]:
+        m = small_model(frame)
+        out = run(m, [nacl, rotate(nacl, Q)]).numpy()
+        assert np.isfinite(out).all() and abs(out[0] - out[1]).max() < TOL
+    _, R = _frames_and_rotations(small_model("spframe_quat"), [nacl])
+    na = [i for i, sp in enumerate(nacl.species) if sp.symbol == "Na"]
+    assert torch.allclose(R[na], R[na[0]].expand(len(na), -1, -1, -1, -1), atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------- gradients, training
+def _learned_parts(frame_mod):
+    if frame_mod.name == "spframe_quat":
+        return {"head": frame_mod.head.lin.weight}
+    if frame_mod.name == "spframe_gs":
+        return {"alpha": frame_mod.head_alpha.lin.weight, "beta": frame_mod.head_beta.lin.weight}
+    return {"phi_out": frame_mod.out.weight, "phi_d": frame_mod.w_d.weight}
+
+
+@pytest.mark.parametrize("frame", LEARNED)
+def test_frame_predictors_get_gradients_and_a_gradient_step_lowers_the_loss(frame, small_cells):
+    torch.manual_seed(0)
+    m = cf.CrystalFramer(frame=frame, **SMALL).double().train()
+    b = batch64(small_cells)
+    y = torch.linspace(-1, 1, len(small_cells), dtype=torch.float64)[:, None]
+    loss = ((m(b) - y) ** 2).mean()
+    loss.backward()
+    for layer, blk in enumerate(m.layers):
+        for name, p in _learned_parts(blk.attn.frame).items():
+            assert p.grad is not None and p.grad.abs().max() > 1e-8, f"layer {layer}: {name} gets no gradient"
+        for blk_mp in getattr(blk.attn.frame, "blocks", []):
+            assert blk_mp.attn.w_q.grad.abs().max() > 1e-8
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+    opt.step()
+    with torch.no_grad():
+        assert ((m(b) - y) ** 2).mean() < loss
+
+
+def test_parameter_counts_are_the_backbone_plus_the_frame_predictors():
+    def count(frame, **opts):
+        torch.manual_seed(0)
+        return cf.CrystalFramer(frame=frame, frame_options=opts).num_parameters()
+
+    d, H, L = 128, 8, 4
+    base = count("max")
+    assert count("spframe_global") == base == 951_821
+    block = sum(p.numel() for p in DistanceDecayAttention(d, H).parameters())
+    head = lambda k: 2 * d + d * k * H + k * H  # noqa: E731  LayerNorm + Linear
+    assert count("spframe_quat") == base + block + L * head(4)
+    assert count("spframe_quat", per_head=False) == base + block + L * (2 * d + d * 4 + 4)
+    assert count("spframe_gs") == base + 2 * block + 2 * L * head(3)
+    assert count("equiv_gs_local") == base + L * (2 * d + (d * 64 + 64) + d * 64 + 16 * 64 + (64 * 2 * H + 2 * H))
