@@ -34,6 +34,11 @@ class MaxFrame(FrameMethod):
     maximising log[w · (1 − |e1·r̂|)] among non-collinear ones (|cos| < 0.9999); Gram–Schmidt and
     e3 = e1 × e2 give a right-handed orthonormal frame. Scores: q·k/√d_h + a(d² + u), with the
     tie-breaking noise u ~ U(−½, ½)·noise in Å² (0: first slot in (j, n) order wins).
+
+    Ties (option ``ties``, :mod:`crystalframer.frames.ties`): ``"average"`` returns the weighted set of every
+    tied (e1, r2) choice (per e1, then per e2), ``"noise"`` the published noise, ``"first"`` the slot order;
+    ``"auto"`` (default) averages in evaluation, uses the noise in training and the slot order when
+    ``frame_noise = 0``.
     """
 
     name = "max"
@@ -69,7 +74,8 @@ class StaticFrame(FrameMethod):
     The paper's intent (default): max frames without the q·k term, i.e. e1 = nearest non-self image and
     r2 maximising a·d² + log(1 − |cos|) (near and non-collinear). ``literal=True`` reproduces the
     released kernel, whose second score lacks the factor a and so picks the *farthest* admissible image
-    in the box (a sign slip, kept only for parity studies).
+    in the box (a sign slip, kept only for parity studies). Ties as :class:`MaxFrame` (without q·k, every
+    nearest neighbour of any species ties: e.g. 24 frames in fcc, 48 in bcc metals under ``"average"``).
     """
 
     name = "static"

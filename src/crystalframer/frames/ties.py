@@ -6,11 +6,12 @@ and which one wins then depends on float rounding (rotation, another unit cell) 
 published code). Policies (frame option ``ties``):
 
 * ``"average"``: the angular features are averaged over the **tie set**: every candidate frame whose
-  choices lie within a tolerance of the best. The set is a function of the crystal's geometry and of the
-  layer's attention only, not of slot order, axes or noise, so it is mapped onto itself by every isometry
-  of the crystal and the averaged features are invariant (rotation, translation, permutation, periodic
-  image, supercell, unimodular change of cell). It is the expectation of the published stochastic policy
-  (each tied candidate wins with equal probability), computed exactly.
+  choices lie within a tolerance of the best (weighted, see below). The set is a function of the crystal's
+  geometry and of the layer's attention only, not of slot order, axes or noise, so it is mapped onto
+  itself by every isometry of the crystal and the averaged features are invariant (rotation, translation,
+  permutation, periodic image, supercell, unimodular change of cell). Per layer, the averaged angular
+  features are the expectation of those of the published stochastic policy (each tied candidate wins with
+  equal probability), computed exactly.
 * ``"noise"``: the published policy: tie-breaking noise of amplitude ``frame_noise`` (Å², 1e-5 published),
   a different frame at every call; with ``frame_noise = 0`` the first candidate in (j, n) slot order wins.
 * ``"first"``: deterministic first-wins order (the published kernels with noise 0: golden parity).
@@ -18,26 +19,35 @@ published code). Policies (frame option ``ties``):
   the golden parity loaders), otherwise ``"noise"`` in training mode (published training) and ``"average"``
   in evaluation mode (``predict``, validation, test).
 
-Tolerances (all scores are log-weights, dimensionless):
+Tolerances and tie weights (scores are log-weights, dimensionless):
 
-* two scores tie when they differ by at most ``atol + rtol · mag``, where ``mag`` is the magnitude of the
-  best candidate's score terms (|q·k/√d_h| + |a d²| + |log(1 − |cos|)|), plus ``COS_EPS / (1 − |cos|)`` for
-  second-axis scores (the sensitivity of the log to the rounding of the cosine). Defaults atol = 2e-5,
-  rtol = 2e-6: float32 rounding of rotated inputs moves scores by ~1e-6 (ties), while a genuine gap of
-  1e-4 stays a gap for |scores| up to ~40 (the scores of chosen axes are ~1 to 10);
-* eigenvalues of PCA covariances tie when they differ by at most ``EIG_RTOL · trace`` (1e-4);
+* a candidate whose score is within t0 = ``atol + rtol · mag`` of the best gets tie weight 1, where ``mag``
+  is the magnitude of the best candidate's score terms (|q·k/√d_h| + |a d²| + |log(1 − |cos|)|), plus
+  ``COS_EPS / (1 − |cos|)`` for second-axis scores (the sensitivity of the log to the rounding of the cosine).
+  Defaults atol = 2e-5, rtol = 2e-6: measured rounding spreads of tied scores reach ~1e-5 when atoms are
+  given as far periodic images (float32 positions of ~30 Å carry ~2e-6 Å), so they all count as ties;
+* from t0 on the weight falls linearly to 0 at t0 + ``RAMP`` (8e-5): a genuine gap of 1e-4 gets no weight.
+  Without the ramp an accidental near-tie whose gap happens to lie at the tolerance would switch a whole
+  frame under rounding-level changes (measured: 2.6e-4 relative on mp-30180); with it the weight moves by
+  (change / RAMP) only (3e-5 there);
+* eigenvalues of PCA covariances tie when they differ by at most ``EIG_RTOL · trace`` (1e-4, a hard
+  switch between constructions; PCA axes with gaps near that are unstable under any policy);
+* the sign of a PCA axis is undecided (both signs, weight 1 each) when its third moment is within ``tol``
+  of 0 (``MOMENT_RTOL`` of its scale plus the first-order effect of a ``COV_EPS`` covariance error through
+  the eigengaps), decided beyond 3 · tol, and the other sign's weight is linear in between;
 * lattice vector lengths tie when their squared lengths differ by at most ``LATTICE_RTOL`` (1e-5) relative.
 
-Set construction and weights (max / static frames): E1 = every candidate whose first score is within the
-tolerance of the best; for each e1 ∈ E1, E2(e1) = every admissible second candidate within the tolerance
-of *its* best second score. Frame (e1, r2) gets the weight 1/|E1| · 1/|E2(e1)| ("per e1, then per e2").
-Both this and the uniform weight over pairs are closed under the point group (a symmetry g maps E1 onto
-itself and E2(e1) onto E2(g e1), so |E2| is constant on orbits); the hierarchical weight is chosen because it
-equals the probability of each frame under the published noise (first axis uniformly among its ties, then
-the second uniformly among its ties), so an averaged model evaluates what a noise-trained model saw.
+Set construction and weights (max / static frames): E1 = every candidate with a non-zero tie weight π1 for
+the first score; for each e1 ∈ E1, E2(e1) = every admissible second candidate with a non-zero weight π2
+relative to *its* best second score. Frame (e1, r2) gets the weight π1/Σπ1 · π2/Σπ2 ("per e1, then per
+e2"; for exact ties 1/|E1| · 1/|E2(e1)|). Both this and the uniform weight over pairs are closed under the
+point group (a symmetry g maps E1 onto itself and E2(e1) onto E2(g e1), so |E2| is constant on orbits); the
+hierarchical weight is chosen because it equals the probability of each frame under the published noise
+(first axis uniformly among its ties, then the second uniformly among its ties), so an averaged model
+evaluates what a noise-trained model saw.
 
-Cap: at most ``cap`` frames per (atom, head) (default 256; symmetric crystals need ≤ 48 for max frames,
-≤ 192 for sign-averaged PCA frames of cubic sites). Above the cap whole e1 groups are kept in slot order
+Cap: at most ``cap`` frames per (atom, head) (default 256; the largest sets seen are 96 for max frames on
+batch48 and 48 for static frames of bcc metals). Above the cap whole e1 groups are kept in slot order
 while they fit (a first group larger than the cap is cut) and the weights renormalised; exact invariance is
 then lost for that (atom, head) and a warning is issued.
 
@@ -53,10 +63,15 @@ import warnings
 import torch
 from torch import Tensor
 
+from crystalframer.nn.basis import angle_features
+
 TIE_MODES = ("auto", "average", "noise", "first")
 #: absolute and relative score tolerances (see module docstring)
 ATOL = 2e-5
 RTOL = 2e-6
+#: width of the linear ramp of tie weights above the tolerance (full weight up to the tolerance, none from
+#: tolerance + RAMP on; with the defaults a gap of 1e-4 gets no weight)
+RAMP = 8e-5
 #: assumed rounding of a cosine, for the tolerance of log(1 − |cos|)
 COS_EPS = 1e-6
 #: eigenvalues within EIG_RTOL · trace are degenerate
@@ -98,20 +113,24 @@ def check_mode(ties: str) -> str:
     return ties
 
 
-def near_max(score: Tensor, allowed: Tensor, mag: Tensor, atol: float, rtol: float, dim: int = -1,
-             slack: Tensor | None = None, return_best: bool = False):
-    """Entries of ``score`` (over ``allowed``) within atol + rtol · mag (+ slack) of the maximum along ``dim``.
+def tie_weight(score: Tensor, allowed: Tensor, mag: Tensor, atol: float, rtol: float, ramp: float = RAMP,
+               dim: int = -1, slack: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Tie weights in [0, 1] of the entries of ``score`` along ``dim``: 1 within t0 = atol + rtol · mag (+ slack)
+    of the maximum (read at the maximum), 0 from t0 + ``ramp`` on, linear in between (0 where not allowed).
 
-    ``mag`` and ``slack`` are read at the maximum. Rows without any allowed entry give no entry. With
-    ``return_best``, also the maximum and the tolerance (keepdim).
+    The ramp makes the weights a continuous function of the scores: rounding-level changes of a gap that
+    happens to lie near the tolerance move a weight by (change / ramp), instead of switching a whole frame.
+    Returns the weights, the maximum and the outer edge t0 + ramp (keepdim).
     """
     s = score.masked_fill(~allowed, float("-inf"))
     best, arg = s.max(dim, keepdim=True)
-    tol = atol + rtol * torch.gather(mag, dim, arg)
+    t0 = atol + rtol * torch.gather(mag, dim, arg)
     if slack is not None:
-        tol = tol + torch.gather(slack, dim, arg)
-    tied = allowed & (s >= best - tol)
-    return (tied, best, tol) if return_best else tied
+        t0 = t0 + torch.gather(slack, dim, arg)
+    gap = best - s
+    w = torch.clamp((t0 + ramp - gap) / ramp, 0.0, 1.0).masked_fill(~allowed, 0.0)
+    w = torch.where(gap <= t0, torch.ones_like(w), w).masked_fill(~allowed, 0.0)
+    return w, best, t0 + ramp
 
 
 def pack(row: Tensor, group: Tensor, axes: Tensor, weight: Tensor, n_rows: int, cap: int = CAP,
@@ -177,61 +196,64 @@ def two_axis_frame_set(unit: Tensor, candidate: Tensor, s1: Tensor, mag1: Tensor
     N, M, H = s1.shape
     dev = s1.device
     candidate = candidate.expand(N, M, H)
-    tied1 = near_max(s1, candidate, mag1, atol, rtol, dim=1)  # (N, M, H)
+    pi1, _, _ = tie_weight(s1, candidate, mag1, atol, rtol, dim=1)  # (N, M, H)
     none = ~candidate.any(1)  # (N, H): no candidate at all → slot 0, as the first-wins path
     if none.any():
-        tied1[:, 0, :] |= none
-    tied1 = tied1.permute(0, 2, 1)  # (N, H, M)
-    c1 = tied1.sum(-1)  # (N, H)
-    n, h, m = torch.nonzero(tied1, as_tuple=True)  # row-major: (n, h), slots ascending
+        pi1[:, 0, :] = torch.where(none, torch.ones_like(pi1[:, 0, :]), pi1[:, 0, :])
+    pi1 = pi1.permute(0, 2, 1)  # (N, H, M)
+    c1 = pi1.sum(-1)  # (N, H)
+    n, h, m = torch.nonzero(pi1 > 0, as_tuple=True)  # row-major: (n, h), slots ascending
+    p1 = pi1[n, h, m]
     R1 = n.shape[0]
     e1 = unit[n, m]  # (R1, 3)
     s1t = s1.masked_fill(~candidate, float("-inf")).permute(0, 2, 1)  # (N, H, M)
 
     def stage(rows: Tensor, slots: Tensor):
-        """Second-axis ties of rows ``rows`` (R,) of the R1 e1 choices, over slots (R, K)."""
+        """Second-axis tie weights of rows ``rows`` (R,) of the R1 e1 choices, over slots (R, K)."""
         nr, hr = n[rows], h[rows]
         u = unit[nr[:, None], slots]  # (R, K, 3)
         cos = torch.einsum("rkc,rc->rk", u, e1[rows])
         allowed = candidate[nr[:, None], slots, hr[:, None]] & (cos.abs() < collinear)
         s2, mag2 = second(s1[nr[:, None], slots, hr[:, None]], mag1[nr[:, None], slots, hr[:, None]], cos, nr, slots)
         slack = COS_EPS / torch.clamp(1 - cos.abs(), min=log_floor)
-        tied, best, tol = near_max(s2, allowed, mag2, atol, rtol, dim=1, slack=slack, return_best=True)
-        return tied, best[:, 0], tol[:, 0], allowed.any(1)
+        pi, best, edge = tie_weight(s2, allowed, mag2, atol, rtol, dim=1, slack=slack)
+        return pi, best[:, 0], edge[:, 0], allowed.any(1)
 
     all_rows = torch.arange(R1, device=dev)
     K = min(TOP_K, M)
     if K < M:
         top_s, top_i = s1t.topk(K + 1, dim=-1)  # (N, H, K + 1), descending
         slots = top_i[n, h, :K]
-        tied, best, tol, has = stage(all_rows, slots)
+        pi, best, edge, has = stage(all_rows, slots)
         nxt = top_s[n, h, K]  # the largest first score outside
-        redo = torch.where(has, nxt >= best - tol, torch.isfinite(nxt))
+        redo = torch.where(has, nxt > best - edge, torch.isfinite(nxt))
     else:
         slots = torch.arange(M, device=dev).expand(R1, M)
-        tied, best, tol, has = stage(all_rows, slots)
+        pi, best, edge, has = stage(all_rows, slots)
         redo = torch.zeros(R1, dtype=torch.bool, device=dev)
     keep = ~redo
-    r_a, k_a = torch.nonzero(tied & keep[:, None], as_tuple=True)
-    r1, m2 = [r_a], [slots[r_a, k_a]]
+    r_a, k_a = torch.nonzero((pi > 0) & keep[:, None], as_tuple=True)
+    r1, m2, p2 = [r_a], [slots[r_a, k_a]], [pi[r_a, k_a]]
     has2 = has.clone()
     rr = torch.nonzero(redo).flatten()
     if rr.numel():
         full = torch.arange(M, device=dev).expand(rr.shape[0], M)
-        tied_f, _, _, has_f = stage(rr, full)
+        pi_f, _, _, has_f = stage(rr, full)
         has2[rr] = has_f
-        r_b, k_b = torch.nonzero(tied_f, as_tuple=True)
+        r_b, k_b = torch.nonzero(pi_f > 0, as_tuple=True)
         r1.append(rr[r_b])
         m2.append(k_b)
+        p2.append(pi_f[r_b, k_b])
     none2 = torch.nonzero(~has2).flatten()  # no admissible second direction: one documented fallback entry
     r1.append(none2)
     m2.append(torch.zeros_like(none2))
-    r1, m2 = torch.cat(r1), torch.cat(m2)
+    p2.append(torch.ones(none2.shape[0], dtype=s1.dtype, device=dev))
+    r1, m2, p2 = torch.cat(r1), torch.cat(m2), torch.cat(p2)
     order = torch.sort(r1 * M + m2).indices  # e1 groups in slot order, second slots ascending
-    r1, m2 = r1[order], m2[order]
-    c2 = torch.bincount(r1, minlength=R1)
+    r1, m2, p2 = r1[order], m2[order], p2[order]
+    c2 = torch.zeros(R1, dtype=s1.dtype, device=dev).index_add_(0, r1, p2)
     frames = orthonormal_from_two(e1[r1], unit[n[r1], m2], has2[r1])
-    weight = 1.0 / (c1[n[r1], h[r1]] * c2[r1]).to(s1.dtype)
+    weight = (p1[r1] / c1[n[r1], h[r1]]) * (p2 / c2[r1])
     row = n[r1] * H + h[r1]
     axes, w = pack(row, r1, frames, weight, N * H, cap, "max-frame")
     return axes.view(N, H, *axes.shape[1:]), w.view(N, H, -1)
@@ -310,11 +332,11 @@ def pca_frame_set(cov: Tensor, pts: Tensor, row_pts: Tensor, wts: Tensor, logw: 
         qn = q.norm(dim=-1)
         ok = torch.isfinite(logw[b]) & (qn > 1e-6 * p.norm(dim=-1).amax(-1, keepdim=True).clamp_min(1e-30))
         lq = torch.log(qn.clamp_min(1e-30))
-        tied = near_max(logw[b] + lq, ok, mag[b] + lq.abs(), atol, rtol, dim=1,
-                        slack=COS_EPS / qn.clamp_min(1e-30) ** 2)
-        tied[:, 0] |= ~ok.any(1)
+        pi, _, _ = tie_weight(logw[b] + lq, ok, mag[b] + lq.abs(), atol, rtol, dim=1,
+                              slack=COS_EPS / qn.clamp_min(1e-30) ** 2)
+        pi[:, 0] = torch.where(ok.any(1), pi[:, 0], torch.ones_like(pi[:, 0]))
         undetermined[b] |= ~ok.any(1)
-        r, m = torch.nonzero(tied, as_tuple=True)
+        r, m = torch.nonzero(pi > 0, as_tuple=True)
         a = q[r, m] / qn[r, m, None].clamp_min(1e-30)
         ur = u[r]
         F = (torch.stack([a, torch.cross(ur, a, dim=-1), ur], -2) if c == 1
@@ -322,7 +344,7 @@ def pca_frame_set(cov: Tensor, pts: Tensor, row_pts: Tensor, wts: Tensor, logw: 
         rows.append(b[r])
         groups.append(torch.arange(r.shape[0], device=dev))
         frames.append(F)
-        weights.append(1.0 / tied.sum(1)[r].to(dt))
+        weights.append(pi[r, m] / pi.sum(1)[r])
         free.append(torch.full_like(r, c))
 
     b = torch.nonzero(case == 3).flatten()
@@ -356,9 +378,10 @@ def pca_frame_set(cov: Tensor, pts: Tensor, row_pts: Tensor, wts: Tensor, logw: 
     combos = torch.tensor([[1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1]], dtype=dt, device=dev)
     allowed = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 1], [1, 0, 1, 0], [1, 0, 0, 0]], dtype=torch.bool,
                            device=dev)[free]  # (E, 4)
+    sign_w = allowed.to(dt)
     if signs == "random":
         pick = torch.multinomial(allowed.to(dt), 1).squeeze(1)
-        allowed = torch.zeros_like(allowed).scatter_(1, pick[:, None], True)
+        sign_w = torch.zeros_like(sign_w).scatter_(1, pick[:, None], 1.0)
     elif signs == "moment":
         # the sign of a free axis makes its weighted third moment Σ w (e·p)³ >= 0; undecided (0 within
         # tolerance): both signs. Free axes per case: 0: e1, e2; 1: e3 (= ±u); 2: e1 (= ±u); 3: none.
@@ -374,15 +397,17 @@ def pca_frame_set(cov: Tensor, pts: Tensor, row_pts: Tensor, wts: Tensor, logw: 
         off = ~torch.eye(3, dtype=torch.bool, device=dev)
         sens = torch.where(off, dm.abs() / dl.clamp_min(1e-30), torch.zeros_like(dm)).sum(-1)
         tol = MOMENT_RTOL * (ww * proj.abs() ** 3).sum(-1) + COV_EPS * lr.sum(-1, keepdim=True) * sens + 1e-12
-        sgn = torch.where(m3 > tol, 1, torch.where(m3 < -tol, -1, 0))
+        # weight of the sign that makes the moment negative: 1 within tol of 0, 0 beyond 3 tol, linear between
+        minority = torch.clamp((3 * tol - m3.abs()) / (2 * tol), 0.0, 1.0)  # (E, 3)
         decides = torch.tensor([[1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0]], dtype=torch.bool, device=dev)[free]
-        ok = ((combos.to(torch.long)[None] * sgn[:, None, :]) >= 0) | ~decides[:, None, :]  # (E, 4, 3)
-        allowed = allowed & ok.all(-1)
+        against = (combos[None] * torch.sign(m3)[:, None, :]) < 0  # (E, 4, 3): combo makes axis k's moment < 0
+        factor = torch.where(against & decides[:, None, :], minority[:, None, :], torch.ones_like(against, dtype=dt))
+        sign_w = factor.prod(-1) * allowed.to(dt)  # (E, 4)
     elif signs != "average":
         raise ValueError(f"unknown sign mode {signs!r}")
-    e_idx, c_idx = torch.nonzero(allowed, as_tuple=True)
+    e_idx, c_idx = torch.nonzero(sign_w > 0, as_tuple=True)
     F = F[e_idx] * combos[c_idx][:, :, None]
-    wgt = wgt[e_idx] / allowed.sum(1)[e_idx].to(dt)
+    wgt = wgt[e_idx] * sign_w[e_idx, c_idx] / sign_w.sum(1)[e_idx]
     axes, w = pack(row[e_idx], group[e_idx], F, wgt, B, cap, "pca-frame")
     return (axes, w, undetermined) if return_undetermined else (axes, w)
 
@@ -499,22 +524,6 @@ def compact_directions(frames: Tensor, frame_w: Tensor, symmetric: bool = False,
     return atom, dirs, (n * H + h) * 3 + k, h, group, coef, flip
 
 
-def direction_histograms(w: Tensor, cos: Tensor, basis) -> Tensor:
-    """hist[g, :] = Σ_m w[g, m] · b(cos[g, m]) for G independent rows (w, cos: (G, M)) → (G, D).
-
-    The paper's full basis goes through :func:`crystalframer.nn.basis.angle_features` (its moment
-    expansion) with an identity projection; the windowed basis is evaluated directly.
-    """
-    from crystalframer.nn import basis as basis_mod
-
-    D = basis.bins
-    if getattr(basis, "win", None) is not None or not hasattr(basis_mod, "angle_features"):
-        return basis_mod.angle_histogram(w[:, None, :], cos[:, None, :, None], basis)[:, 0, 0]
-    eye = torch.eye(D, dtype=cos.dtype, device=cos.device).view(1, 1, D, D)
-    ones = torch.ones(cos.shape[0], 1, 1, dtype=cos.dtype, device=cos.device)
-    return basis_mod.angle_features(w[:, None, :], cos[:, None, :, None, None], ones, basis, eye)[:, 0]
-
-
 class _SharedDirectionHistogram(torch.autograd.Function):
     """hist[a, h, :] = Σ_m w[a, h, m] · b(cos[a, m]): one basis block (M, D) per direction serves every head.
 
@@ -554,16 +563,15 @@ class _SharedDirectionHistogram(torch.autograd.Function):
 
 
 def _spans(lengths: Tensor, budget: int) -> list[tuple[int, int, int]]:
-    """Chunks (start, stop, length) of rows sorted by non-decreasing length, ≤ ``budget`` row·slots each."""
-    ln = lengths.tolist()
-    spans, a = [], 0
-    while a < len(ln):
-        b = a + 1
-        while b < len(ln) and (b + 1 - a) * max(1, ln[b]) <= budget:
-            b += 1
-        spans.append((a, b, max(1, ln[b - 1])))
-        a = b
-    return spans
+    """Chunks (start, stop, length) of rows sorted by non-decreasing length, ≤ ~``budget`` row·slots each
+    (equal numbers of rows, each chunk truncated to its longest row)."""
+    A = lengths.shape[0]
+    if A == 0:
+        return []
+    rows = max(1, budget // max(1, int(lengths[-1])))
+    stops = list(range(rows, A, rows)) + [A]
+    ends = lengths[torch.tensor(stops, device=lengths.device) - 1].tolist()
+    return [(a, b, max(1, int(L))) for a, b, L in zip([0] + stops[:-1], stops, ends)]
 
 
 #: a direction used by at least this many heads of an atom is evaluated directly once for all heads (one
@@ -580,64 +588,132 @@ def frame_set_angle_psi(w: Tensor, unit: Tensor, frames: Tensor, frame_w: Tensor
         w: (N, H, M) slot weights (0 for slots without a direction); unit: (N, M, 3);
         frames: (N, H, T, 3, 3); frame_w: (N, H, T); basis: the angular basis; proj: (3, H, C, D).
     Returns:
-        (N, H, C), as ``DistanceDecayAttention._angle_psi``. The histogram of each distinct axis direction of
-        an atom is computed once (shared by its frames and axes, and by ±v for the symmetric full basis), with
-        no padding to the largest set of the batch: directly for all heads when ≥ ``SHARED_HEADS`` heads use
-        it, else by the basis's moment expansion for each (direction, head) that uses it.
+        (N, H, C), as ``DistanceDecayAttention._angle_psi``, with no padding to the largest set of the batch:
+
+        * rows (atom, head) whose every axis uses one direction v (weight 1 on v, or on −v, or ½ on each:
+          sign averaging; for the symmetric full basis b(−c) is b(c) reversed, so ½ on ±v is v with the
+          projection ½(W + W reversed)) go through the dense single-frame path (grouped by head and pattern);
+        * the other rows: the histogram of each distinct axis direction of an atom is computed once (shared
+          by its frames and axes, and by ±v), directly for all heads when ≥ ``SHARED_HEADS`` heads use it,
+          else by the moment expansion for each (direction, head).
     """
     N, H, M = w.shape
     D = basis.bins
+    C = proj.shape[2]
+    dtype = w.dtype
+    dev = w.device
     symmetric = getattr(basis, "win", None) is None
     atom, dirs, target, head, group, coef, flip = compact_directions(frames, frame_w, symmetric)
     A = atom.shape[0]
-    cos = torch.einsum("amc,ac->am", unit[atom], dirs.to(unit.dtype))
+    NH3 = N * H * 3
+    out = w.new_zeros(N * H, C)
     with torch.no_grad():
-        pairs, pair_of_entry = torch.unique(group * H + head, return_inverse=True)
+        # merge entries of equal (target, direction, orientation)
+        key = (target * A + group) * 2 + flip.long()
+        uk, kinv = torch.unique(key, return_inverse=True)
+    c_u = torch.zeros(uk.shape[0], dtype=coef.dtype, device=dev).index_add(0, kinv, coef)
+    with torch.no_grad():
+        t_u, g_u, f_u = uk // (2 * A), (uk // 2) % A, uk % 2
+        if symmetric:
+            tg = torch.unique(t_u * A + g_u)
+            n_groups = torch.bincount(tg // A, minlength=NH3)
+            cp = torch.zeros(NH3, dtype=coef.dtype, device=dev).index_add(0, t_u[f_u == 0], c_u[f_u == 0])
+            cm = torch.zeros(NH3, dtype=coef.dtype, device=dev).index_add(0, t_u[f_u == 1], c_u[f_u == 1])
+            g_t = torch.zeros(NH3, dtype=torch.long, device=dev).scatter(0, t_u, g_u)
+            eps = 1e-6
+            pat = torch.where(((cp - 1).abs() < eps) & (cm < eps), 0,
+                              torch.where(((cm - 1).abs() < eps) & (cp < eps), 1,
+                                          torch.where(((cp - 0.5).abs() < eps) & ((cm - 0.5).abs() < eps), 2, -1)))
+            ok_row = ((n_groups == 1) & (pat >= 0)).view(N * H, 3).all(-1)
+        else:
+            ok_row = torch.zeros(N * H, dtype=torch.bool, device=dev)
+    if ok_row.any():
+        rows = torch.nonzero(ok_row).flatten()
+        pr = pat.view(N * H, 3)[rows]
+        code = ((pr == 2).long() * torch.tensor([1, 2, 4], device=dev)).sum(-1)  # symmetric axes
+        sgn = torch.where(pr == 1, -1.0, 1.0).to(dtype)
+        dv = dirs[g_t.view(N * H, 3)[rows]].to(dtype) * sgn[..., None]  # (R, 3, 3) rows = axes
+        proj_sym = 0.5 * (proj + proj.flip(-1))
+        for cd in torch.unique(code).tolist():
+            sym = torch.tensor([(cd >> k) & 1 for k in range(3)], dtype=torch.bool, device=dev)
+            pj = torch.where(sym[:, None, None, None], proj_sym, proj)
+            sel = torch.nonzero(code == cd).flatten()
+            rr = rows[sel]
+            n_r, h_r = rr // H, rr % H
+            cos = torch.einsum("rmc,rkc->rmk", unit[n_r], dv[sel])  # (R, M, 3)
+            for hh in torch.unique(h_r).tolist():
+                s_h = torch.nonzero(h_r == hh).flatten()
+                ones = torch.ones(s_h.shape[0], 1, 1, dtype=dtype, device=dev)
+                f = angle_features(w[n_r[s_h], hh][:, None], cos[s_h][:, None, :, None, :], ones, basis,
+                                   pj[:, hh:hh + 1])
+                out = out.index_add(0, rr[s_h], f[:, 0])
+    rest = ~ok_row[t_u // 3]
+    if rest.any():
+        out = out + _ragged_angle_psi(w, unit, atom, dirs, t_u[rest], g_u[rest], f_u[rest].bool(), c_u[rest],
+                                      basis, proj, symmetric, budget)
+    return out.view(N, H, C)
+
+
+def _ragged_angle_psi(w, unit, atom, dirs, target, group, flip, coef, basis, proj, symmetric: bool,
+                      budget: int) -> Tensor:
+    """The frame-set angular features of merged entries (target (atom, head, axis), direction group, flip,
+    coef) → (N·H, C): one histogram per distinct (direction, head), see :func:`frame_set_angle_psi`."""
+    N, H, M = w.shape
+    D = basis.bins
+    dtype, dev = w.dtype, w.device
+    head = (target // 3) % H
+    with torch.no_grad():
+        used, g_loc = torch.unique(group, return_inverse=True)  # the directions needed
+        A = used.shape[0]
+        pairs, pair_of_entry = torch.unique(g_loc * H + head, return_inverse=True)
         pg, ph = pairs // H, pairs % H
         n_heads = torch.bincount(pg, minlength=A)
         direct = n_heads >= (SHARED_HEADS if symmetric else 1)  # (A,)
         gd = torch.nonzero(direct).flatten()
-        pos_d = torch.full((A,), -1, dtype=torch.long, device=w.device)
-        pos_d[gd] = torch.arange(gd.shape[0], device=w.device)
+        pos_d = torch.full((A,), -1, dtype=torch.long, device=dev)
+        pos_d[gd] = torch.arange(gd.shape[0], device=dev)
         pm = torch.nonzero(~direct[pg]).flatten()  # moment pairs
-        pos_m = torch.full(pairs.shape, -1, dtype=torch.long, device=w.device)
-        pos_m[pm] = torch.arange(pm.shape[0], device=w.device)
-        pair_row = torch.where(direct[pg], pos_d[pg] * H + ph, gd.shape[0] * H + pos_m)
+        pos_m = torch.full(pairs.shape, -1, dtype=torch.long, device=dev)
+        pos_m[pm] = torch.arange(pm.shape[0], device=dev)
+        is_direct = direct[pg[pair_of_entry]]
         # rows sorted by their atom's last slot with a weight: chunks are truncated to their own length
-        last = (w.amax(1) > 0).to(torch.int8).flip(-1).argmax(-1)  # (N,) trailing zero-weight slots
-        length = M - last
-        length = torch.where((w.amax(1) > 0).any(-1), length, torch.ones_like(length))
-    tables = []
+        wmax = w.amax(1) > 0  # (N, M)
+        length = M - wmax.to(torch.int8).flip(-1).argmax(-1)
+        length = torch.where(wmax.any(-1), length, torch.ones_like(length))
+    at = atom[used]
+    cos = (unit[at] * dirs[used].to(unit.dtype)[:, None, :]).sum(-1)  # (A, M)
+    acc = w.new_zeros(N * H * 3, D)
     if gd.numel():
-        od = torch.sort(length[atom[gd]], stable=True).indices
+        od = torch.sort(length[at[gd]], stable=True).indices
         gds = gd[od]
-        ld = length[atom[gds]]
-        budget_rows = max(1, budget // max(1, D))
-        hd = _SharedDirectionHistogram.apply(w[atom[gds]].contiguous(), cos[gds].contiguous(), ld, basis,
-                                             budget_rows)
+        hd = _SharedDirectionHistogram.apply(w[at[gds]].contiguous(), cos[gds].contiguous(), length[at[gds]],
+                                             basis, max(1, budget // max(1, D)))
         inv = torch.empty_like(od)
-        inv[od] = torch.arange(od.shape[0], device=od.device)
-        tables.append(hd[inv].reshape(-1, D))
+        inv[od] = torch.arange(od.shape[0], device=dev)
+        table = hd[inv].reshape(-1, D)  # row pos_d · H + h
+        e = torch.nonzero(is_direct).flatten()
+        src = pos_d[pg[pair_of_entry[e]]] * H + ph[pair_of_entry[e]]
+        rows = table[src]
+        if symmetric:
+            rows = torch.where(flip[e][:, None], rows.flip(-1), rows)
+        acc = acc.index_add(0, target[e], rows * coef[e][:, None].to(dtype))
     if pm.numel():
-        lm = length[atom[pg[pm]]]
+        lm = length[at[pg[pm]]]
         om = torch.sort(lm, stable=True).indices
-        rows_w, rows_c = w[atom[pg[pm]], ph[pm]][om], cos[pg[pm]][om]
+        rows_w, rows_c = w[at[pg[pm]], ph[pm]][om], cos[pg[pm]][om]
+        Rm = pm.shape[0]
+        eye = torch.eye(D, dtype=dtype, device=dev).view(1, 1, D, D)
         parts = []
-        for a, b, L in _spans(lm[om], max(1, pm.shape[0] * M // 4)):  # ≤ 4 buckets by length
-            parts.append(direction_histograms(rows_w[a:b, :L], rows_c[a:b, :L], basis))
+        for a, b, L in _spans(lm[om], max(1, Rm * M // 4)):  # ≤ 4 buckets by length
+            ones = torch.ones(b - a, 1, 1, dtype=dtype, device=dev)
+            parts.append(angle_features(rows_w[a:b, None, :L], rows_c[a:b, None, :L, None, None], ones, basis,
+                                        eye)[:, 0])
         hm = torch.cat(parts)
         inv = torch.empty_like(om)
-        inv[om] = torch.arange(om.shape[0], device=om.device)
-        tables.append(hm[inv])
-    table = torch.cat(tables) if len(tables) > 1 else tables[0]
-    R = table.shape[0]
-    with torch.no_grad():
-        # entries with the same (atom, head, axis) and table row (and orientation) add their weights first
-        src = pair_row[pair_of_entry] + (R * flip.long() if symmetric else 0)
-        key, inv = torch.unique(target * (2 * R) + src, return_inverse=True)
-    c = torch.zeros(key.shape[0], dtype=coef.dtype, device=coef.device).index_add(0, inv, coef)
-    tgt, src = key // (2 * R), key % (2 * R)
-    if symmetric:
-        table = torch.cat([table, table.flip(-1)])
-    acc = table.new_zeros(N * H * 3, D).index_add(0, tgt, table[src] * c[:, None].to(table.dtype))
-    return torch.einsum("nhkd,khcd->nhc", acc.view(N, H, 3, D), proj)
+        inv[om] = torch.arange(Rm, device=dev)
+        table = hm[inv]  # (Rm, D), row pos_m
+        e = torch.nonzero(~is_direct).flatten()
+        rows = table[pos_m[pair_of_entry[e]]]
+        rows = torch.where(flip[e][:, None], rows.flip(-1), rows)
+        acc = acc.index_add(0, target[e], rows * coef[e][:, None].to(dtype))
+    return torch.einsum("nhkd,khcd->nhc", acc.view(N, H, 3, D), proj).reshape(N * H, -1)
