@@ -36,6 +36,18 @@ class PredictorMixin:
         return torch.device(device) if device is not None else next(self.parameters()).device
 
     @torch.no_grad()
+    def _run_batches(self, fn, structures, batch_size: int, device, on_error: str) -> list[np.ndarray]:
+        """fn(batch) on every chunk of the structures, in eval mode; training mode is restored after."""
+        was_training = self.training
+        self.eval()
+        dev = self._device(device)
+        dtype = next(self.parameters()).dtype
+        try:
+            return [fn(self.collate(chunk).to(dev, dtype)).double().cpu().numpy()
+                    for chunk in self._batches(structures, batch_size, on_error)]
+        finally:
+            self.train(was_training)
+
     def predict(self, structures: Iterable[Any], batch_size: int = 64, device: str | torch.device | None = None,
                 on_error: str = "raise") -> np.ndarray:
         """Predict targets in their original units.
@@ -47,34 +59,14 @@ class PredictorMixin:
         Returns:
             (n, n_targets) float64 array.
         """
-        was_training = self.training
-        self.eval()
-        dev = self._device(device)
-        dtype = next(self.parameters()).dtype
-        out = []
-        try:
-            for chunk in self._batches(structures, batch_size, on_error):
-                batch = self.collate(chunk).to(dev, dtype)
-                out.append((self(batch) * self.target_std + self.target_mean).double().cpu().numpy())
-        finally:
-            self.train(was_training)
-        n_t = int(self.target_mean.shape[0])
-        return np.concatenate(out) if out else np.zeros((0, n_t))
+        out = self._run_batches(lambda b: self(b) * self.target_std + self.target_mean, structures, batch_size, device,
+                          on_error)
+        return np.concatenate(out) if out else np.zeros((0, int(self.target_mean.shape[0])))
 
-    @torch.no_grad()
     def embed(self, structures: Iterable[Any], batch_size: int = 64, device: str | torch.device | None = None,
               on_error: str = "raise") -> np.ndarray:
         """Pooled embeddings (n, d) of the structures (the input of the prediction head)."""
-        was_training = self.training
-        self.eval()
-        dev = self._device(device)
-        dtype = next(self.parameters()).dtype
-        out = []
-        try:
-            for chunk in self._batches(structures, batch_size, on_error):
-                out.append(self.embed_batch(self.collate(chunk).to(dev, dtype)).double().cpu().numpy())
-        finally:
-            self.train(was_training)
+        out = self._run_batches(self.embed_batch, structures, batch_size, device, on_error)
         return np.concatenate(out) if out else np.zeros((0, 0))
 
 
