@@ -14,7 +14,8 @@ share of (atom, head) rows with a tie, frames per row, distinct axis directions 
 Invariance: prediction change (relative) and largest per-atom state change (absolute) under rotation,
 translation, permutation, periodic image, unimodular change of cell and supercell, and between repeated
 calls, on the golden class-D structures (JVASP-35497, JVASP-116604, mp-11202, mp-567345, mp-30180), for
-(a) a random-initialised default model (sphere images), policies noise / first / average, and (b) the
+(a) random-initialised default models (sphere images) of each frame method (and max with W_k × 100),
+policies noise / first / average (weighted_pca with its default signs: random for noise / first), and (b) the
 golden ``maxframe`` weights (official box images, as ``../shared/golden`` README section 8), policies
 noise / first / average (box images depend on the cell and the raw positions, so only rotation,
 translation and permutation apply there).
@@ -132,10 +133,10 @@ def invariance(model, structs, names, box: bool = False) -> dict:
     return res
 
 
-def random_model(policy: str, layers: int = 4, k_boost: float = 1.0):
+def random_model(policy: str, frame: str = "max", layers: int = 4, k_boost: float = 1.0):
     opts, noise = POLICIES[policy]
     torch.manual_seed(0)
-    m = cf.CrystalFramer(frame="max", num_layers=layers, frame_noise=noise, frame_options=opts).eval()
+    m = cf.CrystalFramer(frame=frame, num_layers=layers, frame_noise=noise, frame_options=opts).eval()
     with torch.no_grad():
         for blk in m.layers:
             blk.attn.w_k.mul_(k_boost)
@@ -259,13 +260,15 @@ def main(argv=None) -> int:
     if args.part in ("all", "invariance"):
         structs = structures(SHARED / "golden" / "structures.json", set(CLASS_D))
         structs.sort(key=lambda s: CLASS_D.index(s.properties["id"]))
-        table = {p: invariance(random_model(p), structs, CLASS_D) for p in POLICIES}
-        print_invariance("Random-initialised default model (4 layers, sphere images), class-D structures", table)
-        results["invariance_random_init"] = table
+        for frame in args.frames:
+            table = {p: invariance(random_model(p, frame), structs, CLASS_D) for p in POLICIES}
+            print_invariance(f"{frame}: random-initialised default model (4 layers, sphere images), class-D structures",
+                             table)
+            results[f"invariance_random_init_{frame}"] = table
         table = {p: invariance(random_model(p, k_boost=100.0), structs, CLASS_D) for p in POLICIES}
-        print_invariance("Same, W_k × 100 (q·k spread ~0.2, so attention and not only distance picks the max frames)",
+        print_invariance("max, W_k × 100 (q·k spread ~0.2, so attention and not only distance picks the max frames)",
                          table)
-        results["invariance_random_init_kboost100"] = table
+        results["invariance_random_init_max_kboost100"] = table
         table = {p: invariance(golden_model(p), structs, CLASS_D, box=True) for p in POLICIES}
         print_invariance("Golden maxframe weights (official box images)", table)
         results["invariance_golden_weights"] = table

@@ -293,10 +293,11 @@ def test_shared_direction_histogram_gradcheck():
 
     torch.manual_seed(0)
     basis = AngleBasis(bins=8, width=1.0)
-    w = torch.rand(3, 2, 5, dtype=torch.float64, requires_grad=True)
-    cos = (torch.rand(3, 5, dtype=torch.float64) * 2 - 1).requires_grad_()
+    w = torch.rand(2, 2, 5, dtype=torch.float64, requires_grad=True)  # (atoms, heads, slots)
+    cos = (torch.rand(3, 5, dtype=torch.float64) * 2 - 1).requires_grad_()  # 3 directions
+    atom = torch.tensor([0, 1, 1])
     lengths = torch.tensor([5, 5, 5])
-    assert torch.autograd.gradcheck(lambda a, b: _SharedDirectionHistogram.apply(a, b, lengths, basis, 7),
+    assert torch.autograd.gradcheck(lambda a, b: _SharedDirectionHistogram.apply(a, b, atom, lengths, basis, 7),
                                     (w, cos))
 
 

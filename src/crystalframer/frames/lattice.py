@@ -49,8 +49,8 @@ class LatticeFrame(FrameMethod):
     hexagonal, ...), which one is taken depends on the basis given, so predictions change with the
     choice of unit cell (the weakness the CrystalFramer paper points out) under the ``"noise"`` and
     ``"first"`` tie policies. Under ``"average"`` the features are averaged over every tied choice (the
-    orbit of the frame under the lattice's point group, at most 48 frames), which makes them a function of
-    the lattice alone: invariant to the basis, rotation and (lattice frames ignore atoms) everything else.
+    orbit of the frame under the lattice's point group; 48 entries for a cubic lattice), which makes the
+    frame set a function of the lattice alone, independent of the basis given and equivariant with rotation.
     """
 
     name = "lattice"

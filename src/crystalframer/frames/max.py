@@ -64,7 +64,7 @@ def _tie_set(method: FrameMethod, inp: FrameInput, s1: Tensor, mag1: Tensor, lit
         return s1r + lg, m1r + lg.abs()
 
     return two_axis_frame_set(inp.unit, inp.candidate, s1, mag1, second, COLLINEAR, LOG_FLOOR,
-                              method.tie_atol, method.tie_rtol, method.tie_cap)
+                              method.tie_atol, method.tie_rtol, method.tie_cap, bounded=literal_d2 is None)
 
 
 @register_frame

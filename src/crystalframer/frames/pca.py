@@ -77,7 +77,7 @@ class WeightedPCAFrame(FrameMethod):
         w = inp.w * inp.candidate
         N, M, H = w.shape
         if mode == "average":
-            cov = torch.einsum("nmh,nmc,nmd->nhcd", w.double(), inp.unit.double(), inp.unit.double())
+            cov = torch.einsum("nmh,nmc,nmd->nhcd", w, inp.unit, inp.unit)  # eigh runs in float64
             cand = inp.candidate.expand(N, M, H)
             ad2 = inp.a[:, None, :] * inp.d2[:, :, None]
             logw = (inp.qk + ad2).masked_fill(~cand, float("-inf"))  # log w up to a constant per row

@@ -177,68 +177,89 @@ TOP_K = 24
 
 
 def two_axis_frame_set(unit: Tensor, candidate: Tensor, s1: Tensor, mag1: Tensor, second, collinear: float,
-                       log_floor: float, atol: float = ATOL, rtol: float = RTOL, cap: int = CAP):
+                       log_floor: float, atol: float = ATOL, rtol: float = RTOL, cap: int = CAP,
+                       bounded: bool = True):
     """Tie set of two-axis frames (max / static) → ``(axes (N, H, T, 3, 3), weights (N, H, T))``.
 
     Args:
-        unit: (N, M, 3) slot unit vectors; candidate: (N, M, H); s1, mag1: (N, M, H) first score and its
-            magnitude. ``second(s1_rows, mag1_rows, cos, n, slots) -> (score, magnitude)`` gives the second
-            score of the slots ``slots`` (R, K) of atoms ``n`` (R,), with their first scores and magnitudes
-            (R, K) and their cosines (R, K) with a candidate e1.
+        unit: (N, M, 3) slot unit vectors; candidate: (N, M, H) or (N, M, 1); s1, mag1: (N, M, H) first score
+            and its magnitude. ``second(s1_rows, mag1_rows, cos, n, slots) -> (score, magnitude)`` gives the
+            second score of the slots ``slots`` (R, K) of atoms ``n`` (R,), with their first scores and
+            magnitudes (R, K) and their cosines (R, K) with a candidate e1.
 
-    The second score is at most the first (log(1 − |cos|) <= 0), so a slot whose first score is below the
-    best second score minus the tolerance can be neither the best nor tied: the search runs over the
-    ``TOP_K`` slots of largest first score, and rows where the next slot does not pass this test are redone
-    over every slot.
+    Both searches run over the ``TOP_K`` slots of largest first score: the first axis's weights vanish beyond
+    the ramp, and the second score is at most the first (log(1 − |cos|) <= 0), so a slot whose first score is
+    below the best second score minus the ramp's outer edge can carry no weight. Rows where the next slot
+    does not pass these tests are redone over every slot (exact). ``bounded=False`` (a second score not
+    bounded by the first, e.g. the literal static variant) searches the second axis over every slot.
     """
     from crystalframer.frames.base import orthonormal_from_two
 
     N, M, H = s1.shape
     dev = s1.device
-    candidate = candidate.expand(N, M, H)
-    pi1, _, _ = tie_weight(s1, candidate, mag1, atol, rtol, dim=1)  # (N, M, H)
-    none = ~candidate.any(1)  # (N, H): no candidate at all → slot 0, as the first-wins path
-    if none.any():
-        pi1[:, 0, :] = torch.where(none, torch.ones_like(pi1[:, 0, :]), pi1[:, 0, :])
-    pi1 = pi1.permute(0, 2, 1)  # (N, H, M)
-    c1 = pi1.sum(-1)  # (N, H)
-    n, h, m = torch.nonzero(pi1 > 0, as_tuple=True)  # row-major: (n, h), slots ascending
-    p1 = pi1[n, h, m]
-    R1 = n.shape[0]
-    e1 = unit[n, m]  # (R1, 3)
-    s1t = s1.masked_fill(~candidate, float("-inf")).permute(0, 2, 1)  # (N, H, M)
+    inf = float("-inf")
+    cand_t = candidate.expand(N, M, H).permute(0, 2, 1).reshape(N * H, M)
+    s1_t = s1.permute(0, 2, 1).reshape(N * H, M).masked_fill(~cand_t, inf)
+    mag_t = mag1.expand(N, M, H).permute(0, 2, 1).reshape(N * H, M)
+    unit_flat = unit.reshape(N * M, 3)
+    row_atom = torch.arange(N * H, device=dev) // H
+    K = min(TOP_K, M)
+    top_s, top_i = s1_t.topk(min(K + 1, M), dim=-1)  # (NH, K(+1)), descending
+    nxt1 = top_s[:, K] if K < M else torch.full((N * H,), inf, dtype=s1.dtype, device=dev)
+    ts, ti = top_s[:, :K], top_i[:, :K]
 
-    def stage(rows: Tensor, slots: Tensor):
-        """Second-axis tie weights of rows ``rows`` (R,) of the R1 e1 choices, over slots (R, K)."""
-        nr, hr = n[rows], h[rows]
-        u = unit[nr[:, None], slots]  # (R, K, 3)
-        cos = torch.einsum("rkc,rc->rk", u, e1[rows])
-        allowed = candidate[nr[:, None], slots, hr[:, None]] & (cos.abs() < collinear)
-        s2, mag2 = second(s1[nr[:, None], slots, hr[:, None]], mag1[nr[:, None], slots, hr[:, None]], cos, nr, slots)
+    # first axis: tie weights over the top K (rows whose (K+1)-th slot is inside the ramp: over all slots)
+    ok = torch.isfinite(ts)
+    pi1, best1, edge1 = tie_weight(ts, ok, torch.gather(mag_t, 1, ti), atol, rtol, dim=1)
+    none = ~ok[:, 0]  # no candidate at all → slot 0 with weight 1, as the first-wins path
+    if none.any():
+        ti = torch.where(none[:, None] & (torch.arange(K, device=dev) == 0), torch.zeros_like(ti), ti)
+        pi1[:, 0] = torch.where(none, torch.ones_like(pi1[:, 0]), pi1[:, 0])
+    r0, k0 = torch.nonzero(pi1 > 0, as_tuple=True)
+    row1, m1, p1 = r0, ti[r0, k0], pi1[r0, k0]
+    full1 = torch.nonzero(nxt1 > best1[:, 0] - edge1[:, 0]).flatten()
+    if full1.numel():
+        pf, _, _ = tie_weight(s1_t[full1], cand_t[full1], mag_t[full1], atol, rtol, dim=1)
+        keep = ~torch.isin(row1, full1)
+        rf, mf = torch.nonzero(pf > 0, as_tuple=True)
+        row1 = torch.cat([row1[keep], full1[rf]])
+        m1 = torch.cat([m1[keep], mf])
+        p1 = torch.cat([p1[keep], pf[rf, mf]])
+    order = torch.sort(row1 * M + m1).indices  # rows, then slots ascending
+    row1, m1, p1 = row1[order], m1[order], p1[order]
+    c1 = torch.zeros(N * H, dtype=s1.dtype, device=dev).index_add_(0, row1, p1)
+    R1 = row1.shape[0]
+    n1 = row_atom[row1]
+    e1 = unit_flat[n1 * M + m1]  # (R1, 3)
+
+    def stage(rows: Tensor, slots: Tensor, s_rows: Tensor, mag_rows: Tensor, cand_rows: Tensor):
+        """Second-axis tie weights of e1 entries ``rows`` over slots (R, K) with their first scores etc."""
+        nr = n1[rows]
+        u = unit_flat[(nr * M)[:, None] + slots]  # (R, K, 3)
+        cos = (u * e1[rows][:, None, :]).sum(-1)
+        allowed = cand_rows & (cos.abs() < collinear)
+        s2, mag2 = second(s_rows, mag_rows, cos, nr, slots)
         slack = COS_EPS / torch.clamp(1 - cos.abs(), min=log_floor)
         pi, best, edge = tie_weight(s2, allowed, mag2, atol, rtol, dim=1, slack=slack)
         return pi, best[:, 0], edge[:, 0], allowed.any(1)
 
     all_rows = torch.arange(R1, device=dev)
-    K = min(TOP_K, M)
-    if K < M:
-        top_s, top_i = s1t.topk(K + 1, dim=-1)  # (N, H, K + 1), descending
-        slots = top_i[n, h, :K]
-        pi, best, edge, has = stage(all_rows, slots)
-        nxt = top_s[n, h, K]  # the largest first score outside
-        redo = torch.where(has, nxt > best - edge, torch.isfinite(nxt))
-    else:
-        slots = torch.arange(M, device=dev).expand(R1, M)
-        pi, best, edge, has = stage(all_rows, slots)
-        redo = torch.zeros(R1, dtype=torch.bool, device=dev)
+    tr = row1
+    mag_top = torch.gather(mag_t, 1, ti)
+    pi, best, edge, has = stage(all_rows, ti[tr], ts[tr], mag_top[tr], torch.isfinite(ts[tr]))
+    nxt = nxt1[tr]  # the largest first score outside the top K
+    redo = torch.where(has, nxt > best - edge, torch.isfinite(nxt))
+    if not bounded:
+        redo = torch.ones_like(redo)
     keep = ~redo
     r_a, k_a = torch.nonzero((pi > 0) & keep[:, None], as_tuple=True)
-    r1, m2, p2 = [r_a], [slots[r_a, k_a]], [pi[r_a, k_a]]
+    r1, m2, p2 = [r_a], [ti[tr[r_a], k_a]], [pi[r_a, k_a]]
     has2 = has.clone()
     rr = torch.nonzero(redo).flatten()
     if rr.numel():
         full = torch.arange(M, device=dev).expand(rr.shape[0], M)
-        pi_f, _, _, has_f = stage(rr, full)
+        rw = row1[rr]
+        pi_f, _, _, has_f = stage(rr, full, s1_t[rw], mag_t[rw], cand_t[rw])
         has2[rr] = has_f
         r_b, k_b = torch.nonzero(pi_f > 0, as_tuple=True)
         r1.append(rr[r_b])
@@ -252,10 +273,9 @@ def two_axis_frame_set(unit: Tensor, candidate: Tensor, s1: Tensor, mag1: Tensor
     order = torch.sort(r1 * M + m2).indices  # e1 groups in slot order, second slots ascending
     r1, m2, p2 = r1[order], m2[order], p2[order]
     c2 = torch.zeros(R1, dtype=s1.dtype, device=dev).index_add_(0, r1, p2)
-    frames = orthonormal_from_two(e1[r1], unit[n[r1], m2], has2[r1])
-    weight = (p1[r1] / c1[n[r1], h[r1]]) * (p2 / c2[r1])
-    row = n[r1] * H + h[r1]
-    axes, w = pack(row, r1, frames, weight, N * H, cap, "max-frame")
+    frames = orthonormal_from_two(e1[r1], unit_flat[n1[r1] * M + m2], has2[r1])
+    weight = (p1[r1] / c1[row1[r1]]) * (p2 / c2[r1])
+    axes, w = pack(row1[r1], r1, frames, weight, N * H, cap, "max-frame")
     return axes.view(N, H, *axes.shape[1:]), w.view(N, H, -1)
 
 
@@ -305,6 +325,7 @@ def pca_frame_set(cov: Tensor, pts: Tensor, row_pts: Tensor, wts: Tensor, logw: 
     B = cov.shape[0]
     dev, dt = cov.device, pts.dtype
     lam, V = _sym_eig(cov)
+    pnorm = pts.norm(dim=-1)  # (P, M)
     tol_e = eig_rtol * lam.sum(-1).abs() + 1e-12
     d12 = (lam[:, 0] - lam[:, 1]) <= tol_e
     d23 = (lam[:, 1] - lam[:, 2]) <= tol_e
@@ -328,9 +349,9 @@ def pca_frame_set(cov: Tensor, pts: Tensor, row_pts: Tensor, wts: Tensor, logw: 
             continue
         u = V[b, u_idx]  # (R, 3)
         p = pts[row_pts[b]]  # (R, M, 3)
-        q = p - torch.einsum("rmc,rc->rm", p, u)[..., None] * u[:, None, :]
+        q = p - (p * u[:, None, :]).sum(-1, keepdim=True) * u[:, None, :]
         qn = q.norm(dim=-1)
-        ok = torch.isfinite(logw[b]) & (qn > 1e-6 * p.norm(dim=-1).amax(-1, keepdim=True).clamp_min(1e-30))
+        ok = torch.isfinite(logw[b]) & (qn > 1e-6 * pnorm[row_pts[b]].amax(-1, keepdim=True).clamp_min(1e-30))
         lq = torch.log(qn.clamp_min(1e-30))
         pi, _, _ = tie_weight(logw[b] + lq, ok, mag[b] + lq.abs(), atol, rtol, dim=1,
                               slack=COS_EPS / qn.clamp_min(1e-30) ** 2)
@@ -350,7 +371,7 @@ def pca_frame_set(cov: Tensor, pts: Tensor, row_pts: Tensor, wts: Tensor, logw: 
     b = torch.nonzero(case == 3).flatten()
     if b.numel():
         p = pts[row_pts[b]]
-        pn = p.norm(dim=-1)
+        pn = pnorm[row_pts[b]]
         ok = torch.isfinite(logw[b]) & (pn > 1e-6 * pn.amax(-1, keepdim=True).clamp_min(1e-30))
         un = p / pn[..., None].clamp_min(1e-30)
         lp = torch.log(pn.clamp_min(1e-30))
@@ -525,27 +546,29 @@ def compact_directions(frames: Tensor, frame_w: Tensor, symmetric: bool = False,
 
 
 class _SharedDirectionHistogram(torch.autograd.Function):
-    """hist[a, h, :] = Σ_m w[a, h, m] · b(cos[a, m]): one basis block (M, D) per direction serves every head.
+    """hist[a, h, :] = Σ_m w[atom[a], h, m] · b(cos[a, m]): one basis block (M, D) per direction serves every head.
 
     Rows are processed in chunks, each truncated to its longest row (``lengths``, non-decreasing: slots at or
     beyond a row's length have zero weight and are skipped; their weight gradient is returned as 0).
-    Backward recomputes the basis (never holds (A, M, D)). Gradients flow to w and to the cosines.
+    The weights of each chunk are gathered from ``w`` (N, H, M) on the fly, and backward recomputes the
+    basis (never holds (A, M, D) or (A, H, M)). Gradients flow to w and to the cosines.
     """
 
     @staticmethod
-    def forward(ctx, w: Tensor, cos: Tensor, lengths: Tensor, basis, chunk: int) -> Tensor:
-        A, H, M = w.shape
+    def forward(ctx, w: Tensor, cos: Tensor, atom: Tensor, lengths: Tensor, basis, chunk: int) -> Tensor:
+        A = cos.shape[0]
+        H = w.shape[1]
         out = w.new_empty(A, H, basis.bins)
         spans = _spans(lengths, chunk)
         for a, b, L in spans:
-            out[a:b] = torch.bmm(w[a:b, :, :L], basis.values(cos[a:b, :L]))
-        ctx.save_for_backward(w, cos)
+            out[a:b] = torch.bmm(w[atom[a:b], :, :L], basis.values(cos[a:b, :L]))
+        ctx.save_for_backward(w, cos, atom)
         ctx.basis, ctx.spans = basis, spans
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        w, cos = ctx.saved_tensors
+        w, cos, atom = ctx.saved_tensors
         basis = ctx.basis
         need_w, need_cos = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gw = torch.zeros_like(w) if need_w else None
@@ -554,12 +577,12 @@ class _SharedDirectionHistogram(torch.autograd.Function):
         for a, b, L in ctx.spans:
             B = basis.values(cos[a:b, :L])  # (c, L, D)
             if need_w:
-                gw[a:b, :, :L] = torch.bmm(grad[a:b], B.transpose(1, 2))
+                gw[:, :, :L].index_add_(0, atom[a:b], torch.bmm(grad[a:b], B.transpose(1, 2)))
             if need_cos:
-                gwB = torch.bmm(w[a:b, :, :L].transpose(1, 2), grad[a:b])  # (c, L, D)
+                gwB = torch.bmm(w[atom[a:b], :, :L].transpose(1, 2), grad[a:b])  # (c, L, D)
                 B.mul_((mu - cos[a:b, :L, None]) / basis.sigma**2)
                 gc[a:b, :L] = (gwB * B).sum(-1)
-        return gw, gc, None, None, None
+        return gw, gc, None, None, None, None
 
 
 def _spans(lengths: Tensor, budget: int) -> list[tuple[int, int, int]]:
@@ -624,7 +647,10 @@ def frame_set_angle_psi(w: Tensor, unit: Tensor, frames: Tensor, frame_w: Tensor
             pat = torch.where(((cp - 1).abs() < eps) & (cm < eps), 0,
                               torch.where(((cm - 1).abs() < eps) & (cp < eps), 1,
                                           torch.where(((cp - 0.5).abs() < eps) & ((cm - 0.5).abs() < eps), 2, -1)))
-            ok_row = ((n_groups == 1) & (pat >= 0)).view(N * H, 3).all(-1)
+            # directions shared by many heads are cheaper in the ragged path (one basis block for all heads)
+            pairs = torch.unique(g_u * H + (t_u // 3) % H)
+            shared = torch.bincount(pairs // H, minlength=A) >= SHARED_HEADS
+            ok_row = ((n_groups == 1) & (pat >= 0) & ~shared[g_t]).view(N * H, 3).all(-1)
         else:
             ok_row = torch.zeros(N * H, dtype=torch.bool, device=dev)
     if ok_row.any():
@@ -640,7 +666,7 @@ def frame_set_angle_psi(w: Tensor, unit: Tensor, frames: Tensor, frame_w: Tensor
             sel = torch.nonzero(code == cd).flatten()
             rr = rows[sel]
             n_r, h_r = rr // H, rr % H
-            cos = torch.einsum("rmc,rkc->rmk", unit[n_r], dv[sel])  # (R, M, 3)
+            cos = (unit[n_r][:, :, None, :] * dv[sel][:, None, :, :]).sum(-1)  # (R, M, 3)
             for hh in torch.unique(h_r).tolist():
                 s_h = torch.nonzero(h_r == hh).flatten()
                 ones = torch.ones(s_h.shape[0], 1, 1, dtype=dtype, device=dev)
@@ -686,8 +712,8 @@ def _ragged_angle_psi(w, unit, atom, dirs, target, group, flip, coef, basis, pro
     if gd.numel():
         od = torch.sort(length[at[gd]], stable=True).indices
         gds = gd[od]
-        hd = _SharedDirectionHistogram.apply(w[at[gds]].contiguous(), cos[gds].contiguous(), length[at[gds]],
-                                             basis, max(1, budget // max(1, D)))
+        hd = _SharedDirectionHistogram.apply(w, cos[gds].contiguous(), at[gds], length[at[gds]], basis,
+                                             max(1, budget // max(1, D)))
         inv = torch.empty_like(od)
         inv[od] = torch.arange(od.shape[0], device=dev)
         table = hd[inv].reshape(-1, D)  # row pos_d · H + h
