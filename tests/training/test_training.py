@@ -215,3 +215,22 @@ def test_epoch_shards_partition_each_global_batch():
     s = EpochShardSampler(n, b, 0, 1, seed=5)
     s.set_epoch(1)
     assert list(s) != list(EpochShardSampler(n, b, 0, 1, seed=5))  # a new order every epoch
+
+
+def test_ecn_trains_with_the_common_trainer_and_keeps_its_own_sizes(splits, tmp_path):
+    """The quick preset's transformer sizes (2 layers, width 64) must not leak into ECN; the run's best
+    checkpoint reloads as an ECN that predicts what the trained model predicts."""
+    from crystalframer.models import ECN
+
+    cfg = TrainConfig(model_type="ECN", model={"group": "p1", "width": 16, "edge_dim": 8}, preset="quick",
+                      recipe={"epochs": 2, "swa_epochs": 1, "batch_size": 8}, output=str(tmp_path / "ecn"),
+                      progress_bar=False, accelerator="cpu", devices=1, tensorboard=False, plots=False)
+    result = train(cfg, splits=splits, verbose=False)
+    model = result.model
+    assert isinstance(model, ECN) and len(model.layers) == 6  # ECN's default depth, not the preset's 2
+    assert all(np.isfinite(h["train_loss"]) for h in result.history)
+    assert np.isfinite(result.test_mae("swa"))
+    loaded = load(tmp_path / "ecn" / "checkpoints" / "best.pt")
+    assert isinstance(loaded, ECN)
+    np.testing.assert_allclose(loaded.predict(splits.test), result.best_model.predict(splits.test), rtol=1e-5,
+                               atol=1e-6)

@@ -74,7 +74,7 @@ class FrameMethod(torch.nn.Module):
             invariant on symmetric crystals), ``"noise"`` (published random tie-breaking, ``frame_noise``)
             or ``"first"`` (first candidate in slot order wins; golden parity).
         tie_atol, tie_rtol: score tolerance atol + rtol · |score terms| (defaults 2e-5, 2e-6); candidates
-            within it have tie weight 1, the weight then falls linearly to 0 over the next 8e-5.
+            within it have tie weight 1, the weight then falls linearly to 0 over the next 4e-4.
         tie_cap: frames per (atom, head) at most (256).
     """
 

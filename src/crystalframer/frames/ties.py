@@ -26,10 +26,10 @@ Tolerances and tie weights (scores are log-weights, dimensionless):
   ``COS_EPS / (1 − |cos|)`` for second-axis scores (the sensitivity of the log to the rounding of the cosine).
   Defaults atol = 2e-5, rtol = 2e-6: measured rounding spreads of tied scores reach ~1e-5 when atoms are
   given as far periodic images (float32 positions of ~30 Å carry ~2e-6 Å), so they all count as ties;
-* from t0 on the weight falls linearly to 0 at t0 + ``RAMP`` (8e-5): a genuine gap of 1e-4 gets no weight.
+* from t0 on the weight falls linearly to 0 at t0 + ``RAMP`` (4e-4): a genuine gap of 5e-4 gets no weight.
   Without the ramp an accidental near-tie whose gap happens to lie at the tolerance would switch a whole
   frame under rounding-level changes (measured: 2.6e-4 relative on mp-30180); with it the weight moves by
-  (change / RAMP) only (3e-5 there);
+  (change / RAMP) only (3e-5 there with a ramp of 8e-5, 9e-6 with 4e-4);
 * eigenvalues of PCA covariances tie when they differ by at most ``EIG_RTOL · trace`` (1e-4, a hard
   switch between constructions; PCA axes with gaps near that are unstable under any policy);
 * the sign of a PCA axis is undecided (both signs, weight 1 each) when its third moment is within ``tol``
@@ -70,8 +70,11 @@ TIE_MODES = ("auto", "average", "noise", "first")
 ATOL = 2e-5
 RTOL = 2e-6
 #: width of the linear ramp of tie weights above the tolerance (full weight up to the tolerance, none from
-#: tolerance + RAMP on; with the defaults a gap of 1e-4 gets no weight)
-RAMP = 8e-5
+#: tolerance + RAMP on; with the defaults a gap above ~4.2e-4 gets no weight). Float32 scores carry ~1e-6 of
+#: rounding, which moves a weight inside the ramp by ~1e-6 / RAMP: 8e-5 left a near-tie of mp-30180 (golden
+#: class D) at 3e-5 relative change under re-imaging; 4e-4 gives 9e-6 and still leaves the low-symmetry
+#: class-A structures untouched (2e-3 does not: 3e-3 relative change there).
+RAMP = 4e-4
 #: assumed rounding of a cosine, for the tolerance of log(1 − |cos|)
 COS_EPS = 1e-6
 #: eigenvalues within EIG_RTOL · trace are degenerate

@@ -49,7 +49,8 @@ class Recipe:
         drop_last: drop the last incomplete training batch (official: True).
         seed: seeds Python, numpy and torch (and the shuffling order of every epoch).
         max_skipped_steps: abort when this many optimizer steps in a row were skipped by the NaN guard.
-        model: default model keyword overrides of this preset (the command line and config override them).
+        model: default CrystalFramer keyword overrides of this preset (the command line and config override
+            them); other model families (ECN) have their own sizes and ignore them.
     """
 
     batch_size: int = 256

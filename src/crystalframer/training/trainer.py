@@ -163,7 +163,11 @@ def build_model(config: TrainConfig, recipe: Recipe, target_names: Sequence[str]
     if config.model_type not in MODEL_CLASSES:
         raise ValueError(f"unknown model type {config.model_type!r}; known: {sorted(MODEL_CLASSES)}")
     cls = MODEL_CLASSES[config.model_type]
-    kwargs = {**recipe.model, **config.model}
+    from crystalframer.models import CrystalFramer
+
+    # A preset's model sizes are transformer sizes (ECN's num_layers means something else).
+    preset_model = recipe.model if issubclass(cls, CrystalFramer) else {}
+    kwargs = {**preset_model, **config.model}
     if config.frame is not None:
         kwargs["frame"] = config.frame
     targets = {"n_targets": len(target_names), "target_names": list(target_names),
