@@ -25,11 +25,12 @@ import datetime as _dt
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from crystalframer.atomic import atomic_open
 
 FORMAT = "crystalframer-checkpoint"
 FORMAT_VERSION = 1
@@ -101,22 +102,9 @@ def jsonable(obj: Any) -> Any:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj, path)`` through a temporary file in the same folder and :func:`os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    with atomic_open(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def _target_info(model: torch.nn.Module, config: Mapping[str, Any]) -> dict[str, Any]:

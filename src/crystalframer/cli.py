@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--devices", help="number of devices, a comma list of ids, or auto")
     o.add_argument("--num-nodes", type=int)
     o.add_argument("--strategy", help="Lightning strategy (default: ddp with several devices)")
-    o.add_argument("--precision", help="32-true (default) or 64-true; bf16-mixed is passed on to Lightning "
-                   "(the CrystalFramer attention does not support autocast yet)")
+    o.add_argument("--precision", help="32-true (default), bf16-mixed (linear layers in bf16; attention, "
+                   "frames and sums stay float32) or 64-true")
     o.add_argument("--num-workers", type=int, help="DataLoader workers")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("--no-tensorboard", action="store_true")

@@ -412,3 +412,18 @@ def test_gradient_steps_reduce_the_loss(group, crystals):
     assert losses[-1] < losses[0]
     with torch.no_grad():
         assert float(torch.nn.functional.mse_loss(m(b), b.y)) < losses[0]
+
+
+@pytest.mark.parametrize("edge_function", ["slots", "colour"])
+def test_bf16_autocast_runs_with_float32_sums(edge_function, crystals):
+    """bf16-mixed training: messages and pooling are summed in float32; outputs stay within bf16 rounding."""
+    torch.manual_seed(0)
+    m = ECNNet(group="s8", edge_function=edge_function, **SMALL)
+    b = m.collate(crystals).to("cpu", torch.float32)
+    ref = m(b).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(b)
+    err = (y.float() - ref).abs().max() / ref.abs().max()
+    assert err < 3e-2, float(err)
+    y.float().square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)

@@ -120,3 +120,23 @@ def test_per_slot_path_for_large_cells_equals_per_pair_path(frame, real_low_symm
     assert not sphere_images(b_big.lattice, b_big.pos, b_big.ptr, m.config["cutoff"]).use_pairs
     out = m.predict([prim, big])
     assert abs(out[0, 0] - out[1, 0]) < 2e-5
+
+
+@pytest.mark.parametrize("frame", ["none", "max", "weighted_pca", "spframe_quat"])
+def test_bf16_autocast_runs_and_stays_close_to_float32(frame, real_low_symmetry, small_cells):
+    """bf16-mixed training: the attention runs in float32 inside autocast (index sums need one dtype, frame
+    ties need float32 scores), the linear layers in bf16; outputs within bf16 rounding of float32 ones and
+    gradients reach every trained parameter."""
+    torch.manual_seed(0)
+    m = cf.CrystalFramer(frame=frame, num_layers=2, frame_noise=0.0).train()
+    batch = collate([to_crystal(s) for s in list(real_low_symmetry)[:3] + list(small_cells)[:2]])
+    ref = m(batch).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(batch)
+    assert y.dtype == torch.bfloat16
+    err = (y.float() - ref).abs().max() / ref.abs().max()
+    assert err < 3e-2, float(err)
+    y.float().square().mean().backward()
+    trained = [n for n, p in m.named_parameters() if p.requires_grad]
+    missing = [n for n, p in m.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert trained and not missing, missing

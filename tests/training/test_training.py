@@ -234,3 +234,13 @@ def test_ecn_trains_with_the_common_trainer_and_keeps_its_own_sizes(splits, tmp_
     assert isinstance(loaded, ECN)
     np.testing.assert_allclose(loaded.predict(splits.test), result.best_model.predict(splits.test), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_bf16_mixed_precision_trains(splits, tmp_path):
+    """precision="bf16-mixed" (Lightning autocast): the run finishes with finite losses and metrics."""
+    cfg = make_config(tmp_path / "bf16", epochs=2, swa_epochs=1)
+    cfg.precision = "bf16-mixed"
+    result = train(cfg, splits=splits, verbose=False)
+    assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in result.history)
+    assert np.isfinite(result.test_mae("swa")) and np.isfinite(result.test_mae("best"))
+    assert result.model.layers[0].ff1.weight.dtype == torch.float32  # master weights stay float32

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from crystalframer.atomic import atomic_open
 from crystalframer.data.datasets import CrystalDataset
 from crystalframer.data.structures import MIN_DISTANCE, N_ELEMENTS, Crystal
 
@@ -190,18 +190,8 @@ def save_dataset(path: str | os.PathLike, dataset: CrystalDataset, key: str,
         site_ptr=site_ptr, species_index=z.astype(np.int16), species_occupancy=species[site, z].astype(np.float64),
         targets=targets,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
     return path
 
 

@@ -43,7 +43,6 @@ import hashlib
 import itertools
 import json
 import os
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -54,6 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from crystalframer.atomic import atomic_open
 from crystalframer.data.structures import Crystal, InvalidStructureError
 from crystalframer.geometry.images import shift_range
 
@@ -605,17 +605,8 @@ class GraphCache:
                   "connected": bool(graph.connected), "info": _jsonable(graph.info)}
         arrays = {name: getattr(graph, name) for name in _ARRAYS}
         arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(p) as f:
+            np.savez(f, **arrays)
         return p
 
 

@@ -175,8 +175,13 @@ class ColourEdgeFunction(nn.Module):
             if idx.numel() == 0:
                 continue
             h = F.silu(v[idx] @ self.w1[k].T + self.b1[k])
-            out = out.index_copy(0, idx, F.silu(h @ self.w2[k].T + self.b2[k]))
+            out = out.index_copy(0, idx, F.silu(h @ self.w2[k].T + self.b2[k]).to(out.dtype))  # autocast
         return out
+
+
+def sum_dtype(x: Tensor) -> torch.dtype:
+    """Accumulator dtype of sums over many edges or nodes: never below float32 (autocast gives bf16 inputs)."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 class ECNLayer(nn.Module):
@@ -197,12 +202,13 @@ class ECNLayer(nn.Module):
         """h (N, D), e (E, edge_dim), src/dst (E,), cell (N,), identity (E,) bool → (N, D)."""
         m = self.phi_all(h, e, src, dst, cell)
         m = torch.sigmoid(self.gate_all(m)) * m
-        M = h.new_zeros(h.shape[0], m.shape[1]).index_add(0, dst, m)
+        acc = sum_dtype(m)
+        M = torch.zeros(h.shape[0], m.shape[1], dtype=acc, device=h.device).index_add(0, dst, m.to(acc))
         idx = torch.nonzero(identity).squeeze(1)
         if idx.numel():
             d_id = dst[idx]
             mi = self.phi_id(h, e[idx], src[idx], d_id, cell)
-            M = M.index_add(0, d_id, torch.sigmoid(self.gate_id(mi)) * mi)
+            M = M.index_add(0, d_id, (torch.sigmoid(self.gate_id(mi)) * mi).to(acc))
         return h + self.node_b(F.silu(self.node_a(torch.cat([M, h], dim=-1))))
 
 
@@ -366,8 +372,9 @@ class ECNNet(nn.Module):
         """(B, R) pooled embedding: mean over each structure's 8n nodes of the pre-pool readout (R = width)."""
         r = self.pre_pool(self.node_states(batch))
         B = batch.num_graphs
-        total = r.new_zeros(B, r.shape[1]).index_add(0, batch.batch, r)
-        counts = (batch.ptr[1:] - batch.ptr[:-1]).to(r.dtype).clamp(min=1)
+        acc = sum_dtype(r)
+        total = torch.zeros(B, r.shape[1], dtype=acc, device=r.device).index_add(0, batch.batch, r.to(acc))
+        counts = (batch.ptr[1:] - batch.ptr[:-1]).to(acc).clamp(min=1)
         return total / counts[:, None]
 
     def forward(self, batch: ECNBatch) -> Tensor:

@@ -29,9 +29,19 @@ class Block(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, x: Tensor, geo: Geometry, layer: int = 0) -> tuple[Tensor, dict]:
-        h, info = self.attn(x, geo, layer)
-        x = x + h
+        # Under autocast (bf16-mixed) the attention runs in float32: its index sums and custom autograd
+        # functions need one dtype, and its logits (a·d², ~1e2) and frame scores would lose their ties in
+        # bf16. The feed-forward layers keep autocast.
+        with torch.autocast(x.device.type, enabled=False):
+            x = at_least_float32(x)
+            h, info = self.attn(x, geo, layer)
+            x = x + h
         return x + self.ff2(F.relu(self.ff1(x))), info
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """float16/bfloat16 → float32; float32 and float64 unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 class CrystalFramerNet(nn.Module):
@@ -126,8 +136,8 @@ class CrystalFramerNet(nn.Module):
         return list(self.config["target_names"])
 
     def geometry(self, batch) -> Geometry:
-        """Image slots and distance basis for a batch (no gradient: positions are inputs)."""
-        with torch.no_grad():
+        """Image slots and distance basis for a batch (no gradient: positions are inputs; never autocast)."""
+        with torch.no_grad(), torch.autocast(batch.pos.device.type, enabled=False):
             if self.config["images"] == "sphere":
                 img = sphere_images(batch.lattice, batch.pos, batch.ptr, self.config["cutoff"])
                 dist = self.dist_basis(img.d2.sqrt())

@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
+from crystalframer.atomic import atomic_open
 from crystalframer.checkpoint import save_model
 
 __all__ = ["RunCheckpoint", "write_history_csv"]
@@ -22,13 +23,11 @@ def write_history_csv(history: list[dict[str, Any]], path: str | os.PathLike) ->
     cols: list[str] = []
     for h in history:
         cols += [k for k in h if k not in cols]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for h in history:
             w.writerow(h)
-    os.replace(tmp, path)
 
 
 class RunCheckpoint(Checkpoint):

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from crystalframer.atomic import atomic_open
 from crystalframer.data.structures import Crystal
 from crystalframer.training.metrics import regression_metrics
 
@@ -106,8 +107,7 @@ def write_predictions_csv(path: str | os.PathLike, preds: Predictions, with_trut
     truth = with_truth and preds.y_true is not None
     if truth:
         header += [column_name(n, u, "_true") for n, u in zip(preds.names, preds.units)]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for i, sid in enumerate(preds.ids):
@@ -115,5 +115,4 @@ def write_predictions_csv(path: str | os.PathLike, preds: Predictions, with_trut
             if truth:
                 row += ["" if not np.isfinite(v) else repr(float(v)) for v in preds.y_true[i]]
             w.writerow(row)
-    os.replace(tmp, path)
     return path
