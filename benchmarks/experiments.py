@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -95,7 +96,7 @@ def run_one(name: str) -> dict:
 
 
 def table_rows(results: dict) -> list[str]:
-    """Markdown rows (run, model, params, test MAE SWA / best, time per epoch, wall time) for BENCHMARKS.md."""
+    """Markdown rows (run, model, params, test MAE SWA / best, median epoch time, wall time) for BENCHMARKS.md."""
     rows = []
     for name, r in results.items():
         if "error" in r:
@@ -108,7 +109,7 @@ def table_rows(results: dict) -> list[str]:
             what += " " + ", ".join(f"{k}={v}" for k, v in r["model"]["frame_options"].items())
         times = [t for t in r.get("epoch_times_s") or [] if t is not None]
         # runs recorded before epoch times were kept: the wall time per epoch (with evaluation) bounds it
-        per_epoch = f"{sum(times) / len(times):.0f} s" if times else f"≤ {r['wall_s'] / r['epochs']:.0f} s"
+        per_epoch = f"{statistics.median(times):.0f} s" if times else f"≤ {r['wall_s'] / r['epochs']:.0f} s"
         rows.append(f"| {name} | {label}, `{what}` | {r['params']:,} | {r['test_mae_swa']:.4f} {unit} | "
                     f"{r['test_mae_best']:.4f} {unit} | {per_epoch} | {r['wall_s']:.0f} s ({r['epochs']} epochs) |")
     return rows

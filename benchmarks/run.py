@@ -7,7 +7,8 @@ the effect of the sphere cutoff on outputs against a converged ("exact") cutoff.
 in a fresh process (as the published reference numbers do) so peak memory is per configuration.
 
 Writes ``benchmarks/results.json``, ``benchmarks/results.md`` (the table for BENCHMARKS.md) and
-``benchmarks/scaling.png``.
+``benchmarks/scaling.png``. ``--device cuda`` runs the same rows on a GPU (``results_cuda.*``; times
+synchronised, GPU peak memory from ``torch.cuda.max_memory_allocated``).
 """
 
 from __future__ import annotations
@@ -54,10 +55,17 @@ def one(cfg: dict) -> dict:
     import crystalframer as cf
     from torch.utils.flop_counter import FlopCounterMode
 
+    device = torch.device(cfg.get("device", "cpu"))
     batch, items = _load(cfg["input"], cfg.get("index"))
+    batch = batch.to(device)
     torch.manual_seed(0)
-    model = cf.CrystalFramer(frame=cfg["frame"], cutoff=cfg.get("cutoff"))
+    model = cf.CrystalFramer(frame=cfg["frame"], cutoff=cfg.get("cutoff")).to(device)
     base_mb = _peak_mb()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     mode = cfg["mode"]
     times = []
     reps, warm = (cfg.get("reps", 5), cfg.get("warmup", 2)) if mode == "train" else (cfg.get("reps", 3), 1)
@@ -66,9 +74,11 @@ def one(cfg: dict) -> dict:
         model(batch)  # freezes the σ normalisation, as after the first training step
         for r in range(warm + reps):
             model.zero_grad(set_to_none=True)
+            sync()
             t = time.perf_counter()
             y = model(batch)
             (y - 0.1).abs().mean().backward()
+            sync()
             if r >= warm:
                 times.append(time.perf_counter() - t)
         with FlopCounterMode(display=False) as fc:
@@ -77,8 +87,10 @@ def one(cfg: dict) -> dict:
         model.eval()
         with torch.no_grad():
             for r in range(warm + reps):
+                sync()
                 t = time.perf_counter()
                 model(batch)
+                sync()
                 if r >= warm:
                     times.append(time.perf_counter() - t)
             with FlopCounterMode(display=False) as fc:
@@ -86,8 +98,9 @@ def one(cfg: dict) -> dict:
     with torch.no_grad():
         img = model.geometry(batch).images
         slots = int(img.mask.sum())
+    gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {**cfg, "atoms": int(batch.pos.shape[0]), "structures": len(items), "time_s": statistics.median(times),
-            "times_s": times, "peak_mb": _peak_mb(), "model_mb_before": base_mb,
+            "times_s": times, "peak_mb": _peak_mb(), "model_mb_before": base_mb, "gpu_peak_mb": gpu_mb,
             "matmul_gflop": fc.get_total_flops() / 1e9, "image_slots": slots,
             "slot_head_evals": slots * model.config["num_heads"] * model.config["num_layers"]}
 
@@ -134,6 +147,12 @@ def exponent(rows: list[dict]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
+def _gpu_name(device: str) -> str:
+    import torch
+
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+
+
 def machine() -> dict:
     import torch
 
@@ -149,6 +168,7 @@ def main(argv=None) -> None:
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="batch48 only, frames none and max")
     ap.add_argument("--out", default=str(HERE))
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]: the same rows on a GPU")
     args = ap.parse_args(argv)
     if args.one:
         print(json.dumps(one(json.loads(args.one))))
@@ -157,7 +177,7 @@ def main(argv=None) -> None:
     rows = []
     for frame in frames:
         for mode in ("train", "infer"):
-            r = spawn({"input": "batch48.json", "frame": frame, "mode": mode}, 900)
+            r = spawn({"input": "batch48.json", "frame": frame, "mode": mode, "device": args.device}, 900)
             rows.append(r)
             print(_fmt(r), flush=True)
     if not args.quick:
@@ -166,7 +186,7 @@ def main(argv=None) -> None:
                 for cutoff in (None, EXACT_CUTOFF):
                     for mode in ("infer", "train"):
                         r = spawn({"input": "large.json", "index": idx, "frame": frame, "mode": mode,
-                                   "cutoff": cutoff, "reps": 2, "warmup": 1}, 900)
+                                   "cutoff": cutoff, "reps": 2, "warmup": 1, "device": args.device}, 900)
                         rows.append(r)
                         print(_fmt(r), flush=True)
     result = {"machine": machine(), "rows": rows}
@@ -182,11 +202,13 @@ def main(argv=None) -> None:
                         series[f"{frame}/{'default' if cutoff is None else 'exact'}/{mode}"] = exponent(sel)
         result["scaling_exponents"] = series
         result["cutoff_effect"] = cutoff_effect()
-        _plot(rows, Path(args.out) / "scaling.png")
+        _plot(rows, Path(args.out) / ("scaling.png" if args.device == "cpu" else "scaling_cuda.png"))
     out = Path(args.out)
-    (out / ("results_quick.json" if args.quick else "results.json")).write_text(json.dumps(result, indent=1))
+    stem = ("results_quick" if args.quick else "results") + ("" if args.device == "cpu" else "_cuda")
+    result["machine"]["device"] = args.device if args.device == "cpu" else _gpu_name(args.device)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     md = _table(result)
-    (out / ("results_quick.md" if args.quick else "results.md")).write_text(md)
+    (out / f"{stem}.md").write_text(md)
     print(md)
 
 
