@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="any other model argument")
     m.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
     r = t.add_argument_group("recipe")
-    r.add_argument("--preset", help="jarvis (256/2000/SWA 50, default), mp (128/800/50), oqmd (1024/200/20), quick")
+    r.add_argument("--preset", help="jarvis (256/2000/SWA 50, default), mp (128/800/50), oqmd (1024/200/20), quick, "
+                   "ecn (ECN's own: 128/1000, MSE, plateau schedule)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--swa-epochs", type=int)
     r.add_argument("--batch-size", type=int, help="global batch size (split over devices)")

@@ -255,7 +255,10 @@ def test_training_recipe():
     json.dumps(r)
     from crystalframer.training.recipe import Recipe
 
-    Recipe(**r["recipe"])  # the trainer-compatible part uses the trainer's field names and values
+    from crystalframer.training.recipe import PRESETS
+
+    rec = Recipe(**r["recipe"])  # the trainer-compatible part uses the trainer's field names and values
+    assert rec == PRESETS["ecn"] and rec.schedule == "plateau" and rec.min_lr == 1e-6
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -244,3 +244,15 @@ def test_bf16_mixed_precision_trains(splits, tmp_path):
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in result.history)
     assert np.isfinite(result.test_mae("swa")) and np.isfinite(result.test_mae("best"))
     assert result.model.layers[0].ff1.weight.dtype == torch.float32  # master weights stay float32
+
+
+def test_plateau_schedule_halves_the_lr_and_stops_at_min_lr(splits, tmp_path):
+    """ECN's schedule: with patience 0 and an LR too small to change the validation loss, every epoch after
+    the first halves the LR; the run stops once it reaches min_lr (3 of 10 epochs)."""
+    cfg = make_config(tmp_path / "plateau", epochs=10, swa_epochs=0, schedule="plateau", plateau_patience=0,
+                      lr=1e-6, min_lr=2.5e-7, loss="mse")
+    result = train(cfg, splits=splits, verbose=False)
+    lrs = [h["lr"] for h in result.history]
+    assert len(lrs) == 3 and lrs[0] == lrs[1] == pytest.approx(1e-6) and lrs[2] == pytest.approx(5e-7)
+    assert result.history[-1].get("stopped") == "min_lr"
+    assert result.metrics["global_steps"] == 3 * result.history[0]["step"]

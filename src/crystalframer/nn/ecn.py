@@ -390,9 +390,8 @@ class ECNNet(nn.Module):
 
         * ``"recipe"``: the settings that map onto the library trainer's ``Recipe`` fields (AdamW lr 1e-3,
           weight decay 1e-15 on every parameter, batch 128 with the last partial batch dropped, 1000
-          epochs, no SWA, no clipping, MSE, no target scaling, seed 72). ``schedule`` is "constant"
-          there because the paper's schedule is not one of the trainer's; it is given in full under
-          ``"lr_schedule"``.
+          epochs, no SWA, no clipping, MSE, no target scaling, seed 72, the plateau schedule below); the
+          trainer's ``ecn`` preset.
         * ``"lr_schedule"``: ReduceLROnPlateau on validation MAE (factor 0.5, patience 25, min lr 1e-6);
           training stops once the lr reaches 1e-6.
         * ``"metric"`` and ``"checkpoint"``: MAE, best-validation checkpoint kept.
@@ -407,7 +406,8 @@ class ECNNet(nn.Module):
         return {
             "recipe": {
                 "batch_size": 128, "epochs": 1000, "swa_epochs": 0, "lr": 1e-3, "betas": [0.9, 0.999],
-                "eps": 1e-8, "weight_decay": 1e-15, "bias_weight_decay": 1e-15, "schedule": "constant",
+                "eps": 1e-8, "weight_decay": 1e-15, "bias_weight_decay": 1e-15, "schedule": "plateau",
+                "plateau_factor": 0.5, "plateau_patience": 25, "min_lr": 1e-6,
                 "clip_norm": None, "loss": "mse", "normalize_targets": False, "drop_last": True, "seed": 72,
             },
             "optimizer": "AdamW",

@@ -147,7 +147,9 @@ class CrystalPropertyModule(L.LightningModule):
     def configure_optimizers(self):
         opt = build_optimizer(self.model, self.recipe)
         sch = build_scheduler(opt, self.recipe)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "step"}}
+        # Optimisation is manual: the module steps the scheduler itself (per step, or per epoch for plateau).
+        interval = "epoch" if self.recipe.schedule == "plateau" else "step"
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": interval}}
 
     def on_train_epoch_start(self) -> None:
         if self._pending_rng is not None:
@@ -187,7 +189,7 @@ class CrystalPropertyModule(L.LightningModule):
         if in_swa_phase(self.current_epoch, self.recipe):
             assert self.swa is not None
             self.swa.update(self.model)  # LR frozen: the scheduler is not stepped in the SWA phase
-        else:
+        elif self.recipe.schedule != "plateau":
             sch.step()
         B = batch.num_graphs
         self._train_sum += torch.tensor([float(loss.detach()) * B, B], dtype=torch.float64)
@@ -239,8 +241,23 @@ class CrystalPropertyModule(L.LightningModule):
                  "time_s": float(time.perf_counter() - self._epoch_t0)}
         entry.update(getattr(self, "_last_val", {}) or {})
         self._last_val = {}
+        if self.recipe.schedule == "plateau" and not in_swa_phase(self.current_epoch, self.recipe):
+            self._plateau_step(entry)
         self.history.append(entry)
         self.log("train/epoch_loss", train_loss, sync_dist=False)
+
+    def _plateau_step(self, entry: dict[str, Any]) -> None:
+        """ECN's schedule: step ReduceLROnPlateau with this epoch's validation loss (the training loss when
+        there is no validation data); stop the run once the LR has reached ``min_lr``. Every DDP rank sees
+        the same reduced losses, so every rank takes the same decision."""
+        metric = entry.get("val_loss", float("nan"))
+        if not math.isfinite(metric):
+            metric = entry["train_loss"]
+        self.lr_schedulers().step(metric)
+        lr = float(self.optimizers().param_groups[0]["lr"])
+        if lr <= self.recipe.min_lr * (1 + 1e-9):
+            entry["stopped"] = "min_lr"
+            self.trainer.should_stop = True
 
     # -- checkpoint state ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

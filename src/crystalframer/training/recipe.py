@@ -27,6 +27,9 @@ __all__ = ["Recipe", "PRESETS", "get_recipe", "param_groups", "build_optimizer",
            "build_scheduler", "in_swa_phase"]
 
 
+SCHEDULES = ("inverse_sqrt", "constant", "plateau")
+
+
 @dataclass
 class Recipe:
     """Training hyperparameters. Defaults are the paper's JARVIS setting (batch 256, 2000 epochs, SWA 50).
@@ -39,8 +42,11 @@ class Recipe:
         weight_decay: decay of the ``decay`` group (all non-bias parameters).
         bias_weight_decay: decay of the ``nodecay`` (bias) group; 0.01 is AdamW's default, which the
             official code leaves in place ("official"); 0.0 is the conventional no-decay choice.
-        schedule: ``"inverse_sqrt"`` (factor √(W/(W+t))) or ``"constant"``.
+        schedule: ``"inverse_sqrt"`` (factor √(W/(W+t)), per step), ``"constant"``, or ``"plateau"`` (ECN's:
+            the LR times ``plateau_factor`` after ``plateau_patience`` epochs without a lower validation loss,
+            never below ``min_lr``; training stops once the LR reaches ``min_lr``).
         schedule_warmup: W of the inverse-sqrt schedule (4000).
+        plateau_factor, plateau_patience, min_lr: the plateau schedule (0.5, 25, 1e-6 as ECN).
         clip_norm: max global gradient norm (``None`` or 0 disables clipping).
         loss: ``"l1"`` (official), ``"mse"`` or ``"smooth_l1"``, on the normalised scale.
         normalize_targets: learn (y − mean)/std with the training split's mean and population std.
@@ -63,6 +69,9 @@ class Recipe:
     bias_weight_decay: float = 0.01
     schedule: str = "inverse_sqrt"
     schedule_warmup: float = 4000.0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 25
+    min_lr: float = 1e-6
     clip_norm: float | None = 1.0
     loss: str = "l1"
     normalize_targets: bool = True
@@ -81,8 +90,8 @@ class Recipe:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if not 0 <= self.swa_epochs <= self.epochs:
             raise ValueError(f"swa_epochs must be in 0..epochs ({self.epochs}), got {self.swa_epochs}")
-        if self.schedule not in ("inverse_sqrt", "constant"):
-            raise ValueError(f"schedule must be 'inverse_sqrt' or 'constant', got {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.loss not in ("l1", "mse", "smooth_l1"):
             raise ValueError(f"loss must be 'l1', 'mse' or 'smooth_l1', got {self.loss!r}")
 
@@ -110,11 +119,15 @@ PRESETS: dict[str, Recipe] = {
     # Evaluation in batches of 128: on CPU it is ~2.5x faster per structure than batches of 32.
     "quick": Recipe(batch_size=32, epochs=10, swa_epochs=2, val_batch_size=128, test_batch_size=128,
                     model={"num_layers": 2, "model_dim": 64, "num_heads": 4, "ff_dim": 128}),
+    # ECN's own recipe (ECN.training_recipe(); spec B.4): MSE on raw targets, plateau schedule, no SWA.
+    "ecn": Recipe(batch_size=128, epochs=1000, swa_epochs=0, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-15,
+                  bias_weight_decay=1e-15, schedule="plateau", plateau_factor=0.5, plateau_patience=25,
+                  min_lr=1e-6, clip_norm=None, loss="mse", normalize_targets=False, drop_last=True, seed=72),
 }
 
 
 def get_recipe(preset: str | Recipe | None = "jarvis", **overrides: Any) -> Recipe:
-    """A preset by name (``jarvis``, ``mp``, ``oqmd``, ``quick``) with some fields overridden.
+    """A preset by name (``jarvis``, ``mp``, ``oqmd``, ``quick``, ``ecn``) with some fields overridden.
 
     ``None`` values in ``overrides`` are ignored, so unset command-line flags keep the preset's value.
     """
@@ -181,8 +194,12 @@ class _InverseSqrt:
         return inverse_sqrt_factor(step, self.warmup)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR stepped once per optimizer step outside the SWA phase (the caller decides when)."""
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe):
+    """LambdaLR stepped once per optimizer step outside the SWA phase (the caller decides when), or, for
+    ``"plateau"``, ReduceLROnPlateau stepped once per epoch with the validation loss."""
+    if recipe.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=recipe.plateau_factor,
+                                                          patience=recipe.plateau_patience, min_lr=recipe.min_lr)
     if recipe.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, _InverseSqrt(recipe.schedule_warmup))
@@ -195,7 +212,7 @@ def in_swa_phase(epoch: int, recipe: Recipe) -> bool:
 
 def frozen_lr(recipe: Recipe, steps_per_epoch: int) -> float:
     """The LR the schedule freezes at during SWA: lr·√(W/(W + steps before the SWA phase))."""
-    if recipe.schedule == "constant":
+    if recipe.schedule in ("constant", "plateau"):  # plateau: the LR reached by then, at most lr
         return recipe.lr
     return recipe.lr * inverse_sqrt_factor(recipe.swa_start_epoch * steps_per_epoch, recipe.schedule_warmup)
 
