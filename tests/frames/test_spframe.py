@@ -313,3 +313,18 @@ def test_parameter_counts_are_the_backbone_plus_the_frame_predictors():
     assert count("spframe_quat", per_head=False) == base + block + L * (2 * d + d * 4 + 4)
     assert count("spframe_gs") == base + 2 * block + 2 * L * head(3)
     assert count("equiv_gs_local") == base + L * (2 * d + (d * 64 + 64) + d * 64 + 16 * 64 + (64 * 2 * H + 2 * H))
+
+
+@pytest.mark.parametrize("frame", LEARNED)
+def test_float32_gradients_are_finite_on_symmetric_cells(frame):
+    """The learned frames in float32 (the training dtype) on exactly symmetric cells, where α vanishes and
+    the tie-breakers act: every gradient finite (a 1e-300 floor is 0 in float32 and made them NaN)."""
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    perov = Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"],
+                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    torch.manual_seed(0)
+    m = cf.CrystalFramer(frame=frame, **SMALL).train()
+    b = collate([to_crystal(nacl), to_crystal(perov), to_crystal(nacl.get_primitive_structure())])
+    m(b).square().mean().backward()
+    bad = [n for n, p in m.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, bad

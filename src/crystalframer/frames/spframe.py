@@ -165,7 +165,7 @@ def reduced_basis(lattice: Tensor, tol: float = 1e-5) -> Tensor:
     n = lexicographic_shifts(R).to(lattice.device)
     pts = n.to(lattice.dtype) @ lattice
     d2 = (pts * pts).sum(-1)
-    unit = pts / d2.sqrt().clamp_min(1e-300)[:, None]
+    unit = pts / d2.sqrt().clamp_min(torch.finfo(pts.dtype).tiny)[:, None]
     allowed = (n != 0).any(-1)
 
     def shortest(ok: Tensor) -> Tensor:
@@ -466,11 +466,12 @@ class EquivariantGSLocalFrame(FrameMethod):
 
 
 def _safe_norm(v: Tensor) -> Tensor:
-    """(..., 3) → (..., 1) norm with a finite gradient at 0."""
-    return (v * v).sum(-1, keepdim=True).clamp_min(1e-300).sqrt()
+    """(..., 3) → (..., 1) norm with a finite gradient at 0 (the floor is the dtype's smallest normal number:
+    a literal 1e-300 is 0 in float32, and sqrt'(0) is infinite)."""
+    return (v * v).sum(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny).sqrt()
 
 
 def _tie_breaker(v: Tensor, scale: Tensor, tau: float) -> Tensor:
     """(..., 1) amount τS·relu(1 − |v|/(τS))²: τS at v = 0, exactly 0 once |v| >= τS."""
     ts = (tau * scale)[..., None]
-    return ts * torch.relu(1 - _safe_norm(v) / ts.clamp_min(1e-300)) ** 2
+    return ts * torch.relu(1 - _safe_norm(v) / ts.clamp_min(torch.finfo(ts.dtype).tiny)) ** 2
