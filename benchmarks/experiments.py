@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,9 +82,11 @@ def run_one(name: str) -> dict:
 
     protocol, model_type, model, epochs = RUNS[name]
     splits = splits_for(protocol)
+    out = HERE.parent / "runs" / f"exp-{name}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run each time (the trainer refuses to overwrite one)
     cfg = TrainConfig(model_type=model_type, model=dict(model), preset="quick",
                       recipe={"epochs": epochs, "swa_epochs": 2, "seed": 123, "model": {}},
-                      output=str(HERE.parent / "runs" / f"exp-{name}"), progress_bar=False, tensorboard=False,
+                      output=str(out), progress_bar=False, tensorboard=False,
                       plots=False, accelerator="cpu", devices=1)
     t0 = time.time()
     res = train(cfg, splits=splits)
