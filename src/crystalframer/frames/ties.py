@@ -246,17 +246,19 @@ def two_axis_frame_set(unit: Tensor, candidate: Tensor, s1: Tensor, mag1: Tensor
         pi, best, edge = tie_weight(s2, allowed, mag2, atol, rtol, dim=1, slack=slack)
         return pi, best[:, 0], edge[:, 0], allowed.any(1)
 
-    all_rows = torch.arange(R1, device=dev)
-    tr = row1
-    mag_top = torch.gather(mag_t, 1, ti)
-    pi, best, edge, has = stage(all_rows, ti[tr], ts[tr], mag_top[tr], torch.isfinite(ts[tr]))
-    nxt = nxt1[tr]  # the largest first score outside the top K
-    redo = torch.where(has, nxt > best - edge, torch.isfinite(nxt))
-    if not bounded:
-        redo = torch.ones_like(redo)
+    if bounded:
+        mag_top = torch.gather(mag_t, 1, ti)
+        pi, best, edge, has = stage(torch.arange(R1, device=dev), ti[row1], ts[row1], mag_top[row1],
+                                    torch.isfinite(ts[row1]))
+        nxt = nxt1[row1]  # the largest first score outside the top K
+        redo = torch.where(has, nxt > best - edge, torch.isfinite(nxt))
+    else:  # the top K of the first score says nothing about the second: every row searches every slot
+        pi = s1_t.new_zeros(R1, K)
+        has = torch.zeros(R1, dtype=torch.bool, device=dev)
+        redo = torch.ones(R1, dtype=torch.bool, device=dev)
     keep = ~redo
     r_a, k_a = torch.nonzero((pi > 0) & keep[:, None], as_tuple=True)
-    r1, m2, p2 = [r_a], [ti[tr[r_a], k_a]], [pi[r_a, k_a]]
+    r1, m2, p2 = [r_a], [ti[row1[r_a], k_a]], [pi[r_a, k_a]]
     has2 = has.clone()
     rr = torch.nonzero(redo).flatten()
     if rr.numel():

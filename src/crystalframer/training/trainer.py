@@ -158,13 +158,11 @@ def build_model(config: TrainConfig, recipe: Recipe, target_names: Sequence[str]
             raise ValueError(f"{config.init_from} predicts {n_old} targets, the data has {len(target_names)} "
                              f"({list(target_names)})")
         return model.train()
-    from crystalframer.models import MODEL_CLASSES
+    from crystalframer.models import MODEL_CLASSES, CrystalFramer
 
     if config.model_type not in MODEL_CLASSES:
         raise ValueError(f"unknown model type {config.model_type!r}; known: {sorted(MODEL_CLASSES)}")
     cls = MODEL_CLASSES[config.model_type]
-    from crystalframer.models import CrystalFramer
-
     # A preset's model sizes are transformer sizes (ECN's num_layers means something else).
     preset_model = recipe.model if issubclass(cls, CrystalFramer) else {}
     kwargs = {**preset_model, **config.model}
