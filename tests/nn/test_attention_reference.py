@@ -221,3 +221,44 @@ def test_moment_expansion_matches_direct_basis_sums(width, bins):
     ref = torch.einsum("nhtkd,nht,khcd->nhc", hist, fw, proj)
     assert (angle_features(w, cos, fw, basis, proj) - ref).abs().max() < 1e-8
     assert torch.autograd.gradcheck(lambda w, c, f, p: angle_features(w, c, f, basis, p), (w, cos, fw, proj))
+
+
+def test_flat_slot_features_match_padded_and_gradcheck():
+    """The flat slot path of the attention layer (no padding) equals the padded one, gradients included."""
+    from crystalframer.nn.basis import angle_features, slot_angle_features
+
+    torch.manual_seed(8)
+    basis = AngleBasis(16, 1.0)
+    N, H, M, K = 4, 2, 5, 3
+    keep = torch.rand(N, M) < 0.7
+    keep[2] = False  # an atom without any slot
+    w = torch.rand(N, H, M, dtype=torch.float64) * keep[:, None, :]
+    cos = torch.rand(N, H, M, 1, K, dtype=torch.float64) * 2 - 1
+    proj = torch.randn(K, H, 3, 16, dtype=torch.float64, requires_grad=True)
+    ones = torch.ones(N, H, 1, dtype=torch.float64)
+    n_idx, m_idx = torch.nonzero(keep, as_tuple=True)
+    ws = w.permute(0, 2, 1)[n_idx, m_idx].clone().requires_grad_()
+    cs = cos[:, :, :, 0].permute(0, 2, 1, 3)[n_idx, m_idx].clone().requires_grad_()  # (S, H, K)
+    flat = slot_angle_features(ws, cs, n_idx, N, basis, proj)
+    assert (flat - angle_features(w, cos, ones, basis, proj)).abs().max() < 1e-12
+    assert flat[2].abs().max() == 0
+    assert torch.autograd.gradcheck(lambda w_, c_, p_: slot_angle_features(w_, c_, n_idx, N, basis, p_),
+                                    (ws, cs, proj))
+
+
+def test_moment_order_follows_dtype_and_float32_stays_at_its_resolution():
+    """float32 sums use fewer moments (1e-7 truncation, float32's resolution); the result stays within
+    float32 rounding of the float64 direct basis sums."""
+    from crystalframer.nn.basis import angle_features
+
+    basis = AngleBasis()
+    assert basis.moment_count(torch.float32) < basis.moment_count(torch.float64)
+    torch.manual_seed(9)
+    N, H, M, K = 6, 4, 40, 3
+    w = torch.softmax(torch.randn(N, H, M, dtype=torch.float64), -1)
+    cos = torch.rand(N, H, M, 1, K, dtype=torch.float64) * 2 - 1
+    proj = torch.randn(K, H, 8, 64, dtype=torch.float64) / 8
+    ones = torch.ones(N, H, 1, dtype=torch.float64)
+    ref = torch.einsum("nhkd,khcd->nhc", angle_histogram(w, cos[:, :, :, 0], basis), proj)
+    f32 = angle_features(w.float(), cos.float(), ones.float(), basis, proj.float()).double()
+    assert (f32 - ref).abs().max() < 2e-6 * ref.abs().max()

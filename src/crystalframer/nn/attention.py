@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from crystalframer.frames.base import FrameInput, FrameMethod
 from crystalframer.frames.ties import frame_set_angle_psi
 from crystalframer.geometry.images import Images, box_images, official_box_radius
-from crystalframer.nn.basis import AngleBasis, DistanceBasis, angle_features, angle_histogram
+from crystalframer.nn.basis import AngleBasis, DistanceBasis, angle_histogram, slot_angle_features
 
 #: σ-normalisation pair used by an uncalibrated model in eval mode: the middle of the values the
 #: published models calibrate to (scale 22..32, shift ≈ ±0.01, spec §12 item 10).
@@ -218,17 +218,19 @@ class DistanceDecayAttention(nn.Module):
         published box most slots are far images with such weights.
         """
         keep = has_dir & (w.detach().amax(-1) > WEIGHT_FLOOR)  # (N, M)
+        N, H, T = frames.shape[:3]
+        if T == 1 and self.angle_basis.win is None:  # the common case: a flat list of slots, no padding
+            n_idx, m_idx = torch.nonzero(keep, as_tuple=True)
+            cos = torch.einsum("nmc,nhkc->nmhk", unit, frames[:, :, 0])[n_idx, m_idx]  # (S, H, 3)
+            return slot_angle_features(w[n_idx, m_idx], cos, n_idx, N, self.angle_basis, self.angle_proj)
         n_keep = int(keep.sum(1).max()) if keep.numel() else 0
         order = torch.sort(keep.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :max(1, n_keep)]
         keep = torch.gather(keep, 1, order)
         w = (torch.gather(w, 1, order[:, :, None].expand(-1, -1, w.shape[-1])) * keep[:, :, None]).transpose(1, 2)
         unit = torch.gather(unit, 1, order[:, :, None].expand(-1, -1, 3))
-        N, H, T = frames.shape[:3]
         if T > 1:  # a set of frames (tie averaging): once per distinct axis direction, no padding to T
             return frame_set_angle_psi(w, unit, frames, frame_w, self.angle_basis, self.angle_proj)
         cos = torch.einsum("nmc,nhtkc->nhmtk", unit, frames)  # (N, H, M, T, 3)
-        if self.angle_basis.win is None:
-            return angle_features(w, cos, frame_w, self.angle_basis, self.angle_proj)
         # the published windows: direct evaluation of every basis function (parity mode)
         hist = angle_histogram(w, cos.reshape(N, H, -1, T * 3), self.angle_basis).view(N, H, T, 3, -1)
         return torch.einsum("nhtkd,nht,khcd->nhc", hist, frame_w, self.angle_proj)

@@ -49,33 +49,48 @@ class AngleBasis:
 
     and the middle factor is a Taylor series in u. So Σ_m w_m G_d(c_m) = Σ_(j0,p) A[(j0,p), d] · M_(j0,p)
     with moments M_(j0,p) = Σ_(m: nearest centre j0) w_m exp(−s u_m²/2) u_m^p. The number of terms is
-    chosen so that the truncation error is below 1e-9 of the largest basis value.
+    chosen so that the truncation error is below ``tol`` times the largest basis value (by default 1e-9 for
+    float64 sums and 1e-7, float32's resolution, otherwise).
     """
 
-    def __init__(self, bins: int = 64, width: float = 4.0, window: bool = False, tol: float = 1e-9):
+    #: Truncation tolerance of the moment expansion per compute dtype: below float32 resolution of a basis
+    #: value (≤ 1) for 32-bit and lower precision, well below it for float64.
+    TOLERANCE = {torch.float64: 1e-9}
+    TOLERANCE_LOW = 1e-7
+
+    def __init__(self, bins: int = 64, width: float = 4.0, window: bool = False, tol: float | None = None):
         self.bins, self.width = bins, width
         self.step = 2.0 / (bins - 1)
         self.sigma = width * self.step
         ar = math.ceil(2 * width * CUT_SIGMA + 1)
         self.win = ar if (window and bins - ar > 8) else None
         self.s = 1.0 / width**2
-        k = torch.arange(-(bins - 1), bins, dtype=torch.float64).abs()
-        P = 1
-        while P < 40:  # remainder of the Taylor series of exp(s u k) at |u| = 1/2, times exp(−s k²/2)
-            x = self.s * k / 2
-            bound = torch.exp(-self.s * k**2 / 2 + x + (P + 1) * torch.log(x.clamp_min(1e-300))
-                              - math.lgamma(P + 2))
-            if bound.max() < tol:
-                break
-            P += 1
-        self.n_moments = P + 1
+        self.tol = tol
+        self._order: dict = {}
         self._matrix: dict = {}
 
-    def moment_matrix(self, device=None, dtype=None) -> Tensor:
-        """A: (D · P, D) with A[j0 · P + p, d] = (s k)^p / p! · exp(−s k²/2), k = d − j0."""
+    def moment_count(self, dtype: torch.dtype = torch.float64) -> int:
+        """Number P of Taylor moments for sums computed in ``dtype`` (e.g. 8 in float64, 6 in float32 for
+        the default basis): the bound on the series remainder at |u| = ½ is below the tolerance."""
+        tol = self.tol if self.tol is not None else self.TOLERANCE.get(dtype, self.TOLERANCE_LOW)
+        if tol not in self._order:
+            k = torch.arange(-(self.bins - 1), self.bins, dtype=torch.float64).abs()
+            x = self.s * k / 2
+            P = 1
+            while P < 40:  # remainder of the Taylor series of exp(s u k) at |u| = 1/2, times exp(−s k²/2)
+                bound = torch.exp(-self.s * k**2 / 2 + x + (P + 1) * torch.log(x.clamp_min(1e-300))
+                                  - math.lgamma(P + 2))
+                if bound.max() < tol:
+                    break
+                P += 1
+            self._order[tol] = P + 1
+        return self._order[tol]
+
+    def moment_matrix(self, device=None, dtype=torch.float64) -> Tensor:
+        """A: (D · P, D) with A[j0 · P + p, d] = (s k)^p / p! · exp(−s k²/2), k = d − j0, P for ``dtype``."""
         key = (device, dtype)
         if key not in self._matrix:
-            D, P = self.bins, self.n_moments
+            D, P = self.bins, self.moment_count(dtype)
             k = (torch.arange(D)[None, :] - torch.arange(D)[:, None]).double()  # (j0, d)
             p = torch.arange(P, dtype=torch.float64)
             logfact = torch.lgamma(p + 1)
@@ -90,7 +105,7 @@ class AngleBasis:
         u = (cos - (j0 * self.step - 1)) / self.step
         e = torch.exp(-0.5 * self.s * u * u)
         pw = [e]
-        for _ in range(self.n_moments - 1):
+        for _ in range(self.moment_count(cos.dtype) - 1):
             pw.append(pw[-1] * u)
         return j0.long(), torch.stack(pw, -1)
 
@@ -159,56 +174,62 @@ class _AngleHistogram(torch.autograd.Function):
 
 
 class _MomentScatter(torch.autograd.Function):
-    """Moments of :class:`AngleBasis`: acc[p, k, h, n, j0] = Σ_(m,t) w_nhm fw_nht exp(−s u²/2) u^p.
+    """Moments of :class:`AngleBasis` for a flat list of elements (weight ω_e, cosine c_e, row r_e):
+
+        acc[p, r, j0] = Σ_(e: r_e = r, nearest centre j0) ω_e exp(−s u_e²/2) u_e^p.
 
     The (elements × P) moments are never stored: forward builds them one power at a time, backward
-    recomputes them with Horner sums. Gradients flow to w, fw and the cosines.
+    recomputes them with Horner sums. Gradients flow to ω and c. One 1-D scatter per power into its own
+    (rows × D) block was measured faster than any interleaved layout.
     """
 
     @staticmethod
-    def forward(ctx, w: Tensor, fw: Tensor, cos: Tensor, basis: AngleBasis) -> Tensor:
-        N, H, M, T, K = cos.shape
-        D, P = basis.bins, basis.n_moments
-        dev = cos.device
-        j0 = torch.round((cos + 1) / basis.step).clamp_(0, D - 1)
-        u = (cos - (j0 * basis.step - 1)) / basis.step
-        base = ((torch.arange(K, device=dev) * H + torch.arange(H, device=dev)[:, None, None, None]) * N
-                + torch.arange(N, device=dev)[:, None, None, None, None]) * D  # (N, H, 1, 1, K)
-        index = (base + j0.long()).reshape(-1)
-        scale = w[:, :, :, None, None] * fw[:, :, None, :, None]
-        term = (torch.exp(-0.5 * basis.s * u * u) * scale).reshape(-1)
-        uf = u.reshape(-1)
-        acc = cos.new_zeros(P, K * H * N * D)
+    def forward(ctx, weight: Tensor, cos: Tensor, row: Tensor, n_rows: int, basis: AngleBasis) -> Tensor:
+        D, P = basis.bins, basis.moment_count(cos.dtype)
+        u = (cos + 1).mul_(1.0 / basis.step)  # position in units of the centre spacing
+        j0 = torch.round(u).clamp_(0, D - 1)
+        u.sub_(j0)
+        index = row * D + j0.long()
+        e = torch.exp(u.square().mul_(-0.5 * basis.s))
+        term = e * weight
+        acc = cos.new_zeros(P, n_rows * D)
         for p in range(P):
             acc[p].index_add_(0, index, term)
             if p + 1 < P:
-                term = term * uf
-        ctx.save_for_backward(w, fw, u, index)
+                term.mul_(u)
+        ctx.save_for_backward(weight, u, e, index)
         ctx.basis = basis
-        return acc.view(P, K, H, N, D)
+        return acc.view(P, n_rows, D)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        w, fw, u, index = ctx.saved_tensors
+        weight, u, e, index = ctx.saved_tensors
         basis = ctx.basis
-        P = basis.n_moments
+        P = grad.shape[0]
         grad = grad.reshape(P, -1)
-        g = [grad[p].index_select(0, index).view(u.shape) for p in range(P)]
-        e = torch.exp(-0.5 * basis.s * u * u)
-        poly = g[P - 1]  # Σ_p g_p u^p by Horner
+        poly = grad[P - 1].index_select(0, index)  # Σ_p g_p u^p by Horner
+        g = [None] * P
         for p in range(P - 2, -1, -1):
-            poly = poly * u + g[p]
-        g_scale = poly * e
-        gw = (g_scale * fw[:, :, None, :, None]).sum((3, 4)) if ctx.needs_input_grad[0] else None
-        gfw = (g_scale * w[:, :, :, None, None]).sum((2, 4)) if ctx.needs_input_grad[1] else None
+            g[p] = grad[p].index_select(0, index)
+            poly.mul_(u).add_(g[p])
+        g_weight = poly * e if ctx.needs_input_grad[0] else None
         g_cos = None
-        if ctx.needs_input_grad[2]:
-            dpoly = g[P - 1] * (P - 1)  # Σ_p p g_p u^(p−1)
+        if ctx.needs_input_grad[1]:
+            dpoly = grad[P - 1].index_select(0, index) * (P - 1)  # Σ_p p g_p u^(p−1)
             for p in range(P - 2, 0, -1):
                 dpoly = dpoly * u + p * g[p]
-            scale = w[:, :, :, None, None] * fw[:, :, None, :, None]
-            g_cos = scale * e * (dpoly - basis.s * u * poly) / basis.step
-        return gw, gfw, g_cos, None
+            g_cos = weight * e * (dpoly - basis.s * u * poly) / basis.step
+        return g_weight, g_cos, None, None, None
+
+
+def _project_moments(acc: Tensor, basis: AngleBasis, proj: Tensor) -> Tensor:
+    """acc (P, K, H, N, D) moments → (N, H, C) = Σ_(k,p,j0) acc · (A W_k,h)[p, j0, c]."""
+    P, K, H, N, D = acc.shape
+    A = basis.moment_matrix(acc.device, acc.dtype).view(D, P, D)  # [j0, p, d]
+    proj_a = torch.einsum("jpd,khcd->pkhjc", A, proj)  # (P, K, H, D_j0, C)
+    C = proj.shape[2]
+    out = torch.bmm(acc.reshape(P * K * H, N, D), proj_a.reshape(P * K * H, D, C))
+    return out.view(P * K, H, N, C).sum(0).transpose(0, 1)
 
 
 def angle_features(w: Tensor, cos: Tensor, frame_w: Tensor, basis: AngleBasis, proj: Tensor) -> Tensor:
@@ -220,18 +241,39 @@ def angle_features(w: Tensor, cos: Tensor, frame_w: Tensor, basis: AngleBasis, p
         frame_w: (N, H, T) weights of the candidate frames (sum to 1).
         proj: (K, H, C, D) projections W_k,h.
     Returns:
-        (N, H, C). Exact to the expansion's 1e-9 truncation; differentiable in w, cos, frame_w and proj.
+        (N, H, C). Exact to the expansion's truncation (:meth:`AngleBasis.moment_count`); differentiable in
+        w, cos, frame_w and proj.
     """
     if basis.win is not None:
         raise ValueError("the moment expansion is for the full basis; use angle_histogram with windows")
     N, H, M, T, K = cos.shape
-    D, P = basis.bins, basis.n_moments
-    acc = _MomentScatter.apply(w.contiguous(), frame_w.contiguous(), cos.contiguous(), basis)  # (P, K, H, N, D)
-    A = basis.moment_matrix(cos.device, cos.dtype).view(D, P, D)  # [j0, p, d]
-    proj_a = torch.einsum("jpd,khcd->pkhjc", A, proj)  # (P, K, H, D_j0, C)
-    C = proj.shape[2]
-    out = torch.bmm(acc.reshape(P * K * H, N, D), proj_a.reshape(P * K * H, D, C))
-    return out.view(P * K, H, N, C).sum(0).transpose(0, 1)
+    dev = cos.device
+    row = ((torch.arange(K, device=dev) * H + torch.arange(H, device=dev)[:, None, None, None]) * N
+           + torch.arange(N, device=dev)[:, None, None, None, None])  # (N, H, 1, 1, K)
+    weight = w[:, :, :, None, None] * frame_w[:, :, None, :, None]
+    acc = _MomentScatter.apply(weight.expand(cos.shape).reshape(-1), cos.reshape(-1),
+                               row.expand(cos.shape).reshape(-1), K * H * N, basis)
+    return _project_moments(acc.view(-1, K, H, N, basis.bins), basis, proj)
+
+
+def slot_angle_features(w: Tensor, cos: Tensor, atom: Tensor, n_atoms: int, basis: AngleBasis,
+                        proj: Tensor) -> Tensor:
+    """:func:`angle_features` for one frame per (atom, head) on a flat list of image slots (no padding).
+
+    Args:
+        w: (S, H) attention weights of the slots; cos: (S, H, K) cosines with the frame axes;
+        atom: (S,) the atom (centre) each slot belongs to; proj: (K, H, C, D).
+    Returns:
+        (n_atoms, H, C).
+    """
+    if basis.win is not None:
+        raise ValueError("the moment expansion is for the full basis; use angle_histogram with windows")
+    S, H, K = cos.shape
+    dev = cos.device
+    row = (torch.arange(K, device=dev) * H + torch.arange(H, device=dev)[:, None]) * n_atoms + atom[:, None, None]
+    acc = _MomentScatter.apply(w[:, :, None].expand(S, H, K).reshape(-1), cos.reshape(-1),
+                               row.reshape(-1), K * H * n_atoms, basis)
+    return _project_moments(acc.view(-1, K, H, n_atoms, basis.bins), basis, proj)
 
 
 def angle_histogram(w: Tensor, cos: Tensor, basis: AngleBasis, budget: int = 4_000_000) -> Tensor:
