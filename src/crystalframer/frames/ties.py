@@ -63,7 +63,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from crystalframer.nn.basis import angle_features
+from crystalframer.nn.basis import row_angle_features
 
 TIE_MODES = ("auto", "average", "noise", "first")
 #: absolute and relative score tolerances (see module docstring)
@@ -674,10 +674,7 @@ def frame_set_angle_psi(w: Tensor, unit: Tensor, frames: Tensor, frame_w: Tensor
             cos = (unit[n_r][:, :, None, :] * dv[sel][:, None, :, :]).sum(-1)  # (R, M, 3)
             for hh in torch.unique(h_r).tolist():
                 s_h = torch.nonzero(h_r == hh).flatten()
-                ones = torch.ones(s_h.shape[0], 1, 1, dtype=dtype, device=dev)
-                f = angle_features(w[n_r[s_h], hh][:, None], cos[s_h][:, None, :, None, :], ones, basis,
-                                   pj[:, hh:hh + 1])
-                out = out.index_add(0, rr[s_h], f[:, 0])
+                out = out.index_add(0, rr[s_h], row_angle_features(w[n_r[s_h], hh], cos[s_h], basis, pj[:, hh]))
     rest = ~ok_row[t_u // 3]
     if rest.any():
         out = out + _ragged_angle_psi(w, unit, atom, dirs, t_u[rest], g_u[rest], f_u[rest].bool(), c_u[rest],
@@ -729,20 +726,8 @@ def _ragged_angle_psi(w, unit, atom, dirs, target, group, flip, coef, basis, pro
             rows = torch.where(flip[e][:, None], rows.flip(-1), rows)
         acc = acc.index_add(0, target[e], rows * coef[e][:, None].to(dtype))
     if pm.numel():
-        lm = length[at[pg[pm]]]
-        om = torch.sort(lm, stable=True).indices
-        rows_w, rows_c = w[at[pg[pm]], ph[pm]][om], cos[pg[pm]][om]
-        Rm = pm.shape[0]
-        eye = torch.eye(D, dtype=dtype, device=dev).view(1, 1, D, D)
-        parts = []
-        for a, b, L in _spans(lm[om], max(1, Rm * M // 4)):  # ≤ 4 buckets by length
-            ones = torch.ones(b - a, 1, 1, dtype=dtype, device=dev)
-            parts.append(angle_features(rows_w[a:b, None, :L], rows_c[a:b, None, :L, None, None], ones, basis,
-                                        eye)[:, 0])
-        hm = torch.cat(parts)
-        inv = torch.empty_like(om)
-        inv[om] = torch.arange(Rm, device=dev)
-        table = hm[inv]  # (Rm, D), row pos_m
+        eye = torch.eye(D, dtype=dtype, device=dev)[None]
+        table = row_angle_features(w[at[pg[pm]], ph[pm]], cos[pg[pm]][:, :, None], basis, eye)  # (Rm, D), row pos_m
         e = torch.nonzero(~is_direct).flatten()
         rows = table[pos_m[pair_of_entry[e]]]
         rows = torch.where(flip[e][:, None], rows.flip(-1), rows)

@@ -276,6 +276,19 @@ def slot_angle_features(w: Tensor, cos: Tensor, atom: Tensor, n_atoms: int, basi
     return _project_moments(acc.view(-1, K, H, n_atoms, basis.bins), basis, proj)
 
 
+def row_angle_features(w: Tensor, cos: Tensor, basis: AngleBasis, proj: Tensor) -> Tensor:
+    """Σ_k W_k Σ_m w_rm b(cos_rmk) for R rows of padded slots, over the entries with w ≠ 0 only.
+
+    Args:
+        w: (R, M) slot weights, 0 for padding; cos: (R, M, K); proj: (K, C, D).
+    Returns:
+        (R, C). Entries with w = 0 are skipped, so they get no gradient w.r.t. w: callers pass softmax
+        weights (times a 0/1 mask), whose backward multiplies that gradient by w = 0 anyway.
+    """
+    r, m = torch.nonzero(w.detach() != 0, as_tuple=True)
+    return slot_angle_features(w[r, m][:, None], cos[r, m][:, None], r, w.shape[0], basis, proj[:, None])[:, 0]
+
+
 def angle_histogram(w: Tensor, cos: Tensor, basis: AngleBasis, budget: int = 4_000_000) -> Tensor:
     """Attention-weighted angular basis sums b̄ (spec §3.6), aggregated over every image of atom i.
 
