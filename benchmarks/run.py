@@ -173,6 +173,7 @@ def main(argv=None) -> None:
     if args.one:
         print(json.dumps(one(json.loads(args.one))))
         return
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     frames = ["none", "max"] if args.quick else FRAMES
     rows = []
     for frame in frames:

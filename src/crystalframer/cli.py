@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test", dest="test_path", help="test file/folder")
     g.add_argument("--targets", nargs="+", help="target names (default: the data set's)")
     g.add_argument("--units", nargs="+", help="units of the targets, in order (for outputs)")
+    g.add_argument("--binarize", action="append", metavar="TARGET=THRESHOLD",
+                   help="classify TARGET > THRESHOLD (0/1 labels; use with --loss bce), e.g. band_gap=0")
     g.add_argument("--limit", type=int, help="use at most N structures of each split (quick checks)")
     g.add_argument("--split-fractions", nargs=3, type=float, metavar=("TRAIN", "VAL", "TEST"),
                    help="random split of --data (default: its split column, else 0.8 0.1 0.1)")
@@ -128,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, help="global batch size (split over devices)")
     r.add_argument("--lr", type=float)
     r.add_argument("--seed", type=int)
+    r.add_argument("--loss", choices=["l1", "mse", "smooth_l1", "bce"],
+                   help="training loss (default l1); bce trains a binary classifier on 0/1 labels")
     r.add_argument("--recipe-arg", action="append", metavar="KEY=VALUE", help="any other recipe field")
     o = t.add_argument_group("run")
     o.add_argument("--output", "-o", help="run folder (default runs/<data>-<frame>-<preset>-<time>)")
@@ -144,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-tensorboard", action="store_true")
     o.add_argument("--no-plots", action="store_true")
 
-    e = sub.add_parser("evaluate", help="score a checkpoint on labelled data (MAE, RMSE, R²)")
+    e = sub.add_parser("evaluate", help="score a checkpoint on labelled data (MAE, RMSE, R²; accuracy, ROC-AUC for classifiers)")
     e.add_argument("checkpoint")
     e.add_argument("data", nargs="?", help="shared data set name (with --data-root) or a file/folder for load_dataset")
     e.add_argument("--dataset", help="shared data set name (same as giving it as DATA)")
@@ -194,6 +198,8 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
                      ("split_file", args.split_file)):
         if val is not None:
             data[key] = val
+    if args.binarize:
+        data["binarize"] = {k: float(v) for k, v in _pairs(args.binarize, "--binarize").items()}
     if args.cache_dir:
         data["load_options"] = {**(data.get("load_options") or {}), "cache_dir": args.cache_dir}
     cfg["data"] = data
@@ -206,7 +212,7 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
     cfg["model"] = model
     recipe = dict(cfg.get("recipe") or {})
     for key, val in (("epochs", args.epochs), ("swa_epochs", args.swa_epochs), ("batch_size", args.batch_size),
-                     ("lr", args.lr), ("seed", args.seed)):
+                     ("lr", args.lr), ("seed", args.seed), ("loss", args.loss)):
         if val is not None:
             recipe[key] = val
     recipe.update(_pairs(args.recipe_arg, "--recipe-arg"))
@@ -238,7 +244,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         units = result.metrics.get("target_units", [])
         for k, (name, r) in enumerate(test.items()):
             unit = f" {units[k]}" if k < len(units) and units[k] else ""
-            print(f"test MAE ({final}) {name}: {r['mae']:.6g}{unit}")
+            if "accuracy" in r:
+                print(f"test accuracy ({final}) {name}: {r['accuracy']:.4f}  ROC-AUC {r['roc_auc']:.4f}")
+            else:
+                print(f"test MAE ({final}) {name}: {r['mae']:.6g}{unit}")
         print(f"model: {result.run_dir / 'model.pt'}")
     return 0
 
@@ -278,6 +287,7 @@ def _eval_data(args: argparse.Namespace, names: list[str]):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from crystalframer.training.evaluation import evaluate_crystals, target_info, write_predictions_csv
+    from crystalframer.training.metrics import format_target_metrics
 
     args.data = args.data or args.dataset
     if not args.data:
@@ -294,8 +304,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 1
     metrics, preds = evaluate_crystals(model, crystals, args.batch_size, device)
     for k, (name, r) in enumerate(metrics.items()):
-        unit = f" {units[k]}" if units[k] else ""
-        print(f"{name}: MAE {r['mae']:.6g}{unit}  RMSE {r['rmse']:.6g}{unit}  R² {r['r2']:.4f}  (n={r['n']})")
+        print(f"{name}: {format_target_metrics(r, units[k])}")
     if args.output:
         write_predictions_csv(args.output, preds)
     if args.json:
@@ -366,7 +375,7 @@ def cmd_predict(args: argparse.Namespace, embed: bool = False) -> int:
     else:
         p = predict_crystals(model, crystals, args.batch_size, device)
         names, units = target_info(model)
-        write_predictions_csv(out, Predictions(p.ids, p.y_pred, None, names, units), with_truth=False)
+        write_predictions_csv(out, Predictions(p.ids, p.y_pred, None, names, units, p.task), with_truth=False)
         print(f"{len(ids)} predictions written to {out}" + (f"; {len(errors)} inputs skipped" if errors else ""))
     return 1 if (errors and args.strict) else 0
 

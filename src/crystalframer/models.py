@@ -4,7 +4,8 @@ Every model class follows one protocol, which the trainer, the checkpoint code a
 
 * ``model.config``: JSON-able constructor arguments; ``type(model)(**model.config)`` rebuilds it.
 * buffers ``target_mean`` / ``target_std`` (n_targets,): outputs of ``forward`` are on the normalised
-  scale, ``ŷ · std + mean`` is in the targets' units.
+  scale, ``ŷ · std + mean`` is in the targets' units; ``model.task`` (``config["task"]``) is
+  ``"regression"`` or ``"classification"`` (outputs are logits, predictions probabilities).
 * ``model.collate(crystals) -> batch`` with ``.to(device)``, ``.y``, ``.ids``, ``.num_graphs``.
 * ``model(batch) -> (B, n_targets)``; ``model.embed_batch(batch) -> (B, d)``.
 """
@@ -18,6 +19,7 @@ import torch
 
 from crystalframer.data.structures import Crystal, read_structures
 from crystalframer.nn.ecn import ECNNet
+from crystalframer.nn.heads import to_target_units
 from crystalframer.nn.model import CrystalFramerNet
 
 
@@ -50,7 +52,7 @@ class PredictorMixin:
 
     def predict(self, structures: Iterable[Any], batch_size: int = 64, device: str | torch.device | None = None,
                 on_error: str = "raise") -> np.ndarray:
-        """Predict targets in their original units.
+        """Predict targets in their original units (probabilities of class 1 for a classification model).
 
         Args:
             structures: pymatgen ``Structure`` / ASE ``Atoms`` / file paths / :class:`Crystal` (or one of them).
@@ -59,8 +61,9 @@ class PredictorMixin:
         Returns:
             (n, n_targets) float64 array.
         """
-        out = self._run_batches(lambda b: self(b) * self.target_std + self.target_mean, structures, batch_size, device,
-                          on_error)
+        task = getattr(self, "task", "regression")
+        out = self._run_batches(lambda b: to_target_units(self(b), self.target_mean, self.target_std, task),
+                                structures, batch_size, device, on_error)
         return np.concatenate(out) if out else np.zeros((0, int(self.target_mean.shape[0])))
 
     def embed(self, structures: Iterable[Any], batch_size: int = 64, device: str | torch.device | None = None,

@@ -47,6 +47,7 @@ from crystalframer.data.ecn_graph import (
 )
 from crystalframer.data.structures import N_ELEMENTS, Crystal, to_crystal
 from crystalframer.nn.ecn_groups import N_CELLS, CellEquivariantLinear, CellGroup, canonical_group_name, get_group
+from crystalframer.nn.heads import check_task
 
 SPECIES_ENCODINGS = ("onehot", "group_period")
 EDGE_FUNCTIONS = ("slots", "colour")
@@ -220,6 +221,7 @@ class ECNNet(nn.Module):
             alias ``"ptriclinic"``); the other Bravais cell groups of :mod:`ecn_groups` are accepted too.
         n_targets: outputs per structure.
         target_names, target_units: optional names and units of the targets (stored in ``config``).
+        task: ``"regression"`` or ``"classification"`` (binary targets; outputs are logits).
         width: node width D (paper code: 100; the paper's §7 says 128).
         edge_dim: edge embedding width (20).
         num_layers: message-passing layers (6).
@@ -245,8 +247,9 @@ class ECNNet(nn.Module):
                  species_encoding: str = "onehot", hubbard: bool = False, edge_function: str = "slots",
                  self_loops: bool = True, graph: dict[str, Any] | None = None,
                  graph_cache_dir: str | None = None, graph_memo_size: int = 50000,
-                 target_units: Sequence[str] | None = None):
+                 target_units: Sequence[str] | None = None, task: str = "regression"):
         super().__init__()
+        check_task(task)
         group = canonical_group_name(group)
         if species_encoding not in SPECIES_ENCODINGS:
             raise ValueError(f"species_encoding must be one of {SPECIES_ENCODINGS}, got {species_encoding!r}")
@@ -270,8 +273,9 @@ class ECNNet(nn.Module):
             "species_encoding": species_encoding, "hubbard": bool(hubbard), "edge_function": edge_function,
             "self_loops": bool(self_loops), "graph": settings.to_dict(),
             "graph_cache_dir": None if graph_cache_dir is None else str(graph_cache_dir),
-            "graph_memo_size": int(graph_memo_size),
+            "graph_memo_size": int(graph_memo_size), "task": task,
         }
+        self.task = task
         self.group = get_group(group)
         self.n_targets = int(n_targets)
         self.target_names = self.config["target_names"]

@@ -12,6 +12,7 @@ from crystalframer.frames import FRAMES, build_frame
 from crystalframer.geometry.images import default_cutoff, sphere_images
 from crystalframer.nn.attention import DistanceDecayAttention, Geometry
 from crystalframer.nn.basis import AngleBasis, DistanceBasis
+from crystalframer.nn.heads import check_task
 
 N_ELEMENTS = 98
 
@@ -51,6 +52,8 @@ class CrystalFramerNet(nn.Module):
         frame: frame method name (``"none"``: Crystalformer; ``"max"``, ``"static"``, ``"weighted_pca"``,
             ``"pca"``, ``"lattice"``, and any registered method).
         n_targets, target_names: outputs of the head.
+        task: ``"regression"`` or ``"classification"`` (binary targets: the head outputs logits and
+            ``predict`` returns probabilities of class 1).
         num_layers, model_dim, num_heads, ff_dim, head_dims: sizes (paper: 4, 128, 8, 512, [128]).
         r0, sigma_lb, beta: σ parametrisation (1.4 Å, 0.5, 0.1).
         dist_bins, dist_max, dist_width, dist_coef: distance basis (64, 14 Å, 1, 1).
@@ -76,8 +79,10 @@ class CrystalFramerNet(nn.Module):
                  dist_coef: float = 1.0, angle_bins: int = 64, angle_width: float = 4.0, angle_coef: float = 1.0,
                  basis_window: bool = False, images: str = "sphere", cutoff: float | None = None,
                  box_sigma: float = 3.5, box_min: int = 2, frame_noise: float = 1e-5,
-                 frame_options: dict[str, Any] | None = None, target_units: Sequence[str] | None = None):
+                 frame_options: dict[str, Any] | None = None, target_units: Sequence[str] | None = None,
+                 task: str = "regression"):
         super().__init__()
+        check_task(task)
         if images not in ("sphere", "box"):
             raise ValueError(f"images must be 'sphere' or 'box', got {images!r}")
         target_names = list(target_names) if target_names is not None else [f"target_{k}" for k in range(n_targets)]
@@ -92,8 +97,9 @@ class CrystalFramerNet(nn.Module):
             dist_coef=dist_coef, angle_bins=angle_bins, angle_width=angle_width, angle_coef=angle_coef,
             basis_window=basis_window, images=images, cutoff=cutoff, box_sigma=box_sigma, box_min=box_min,
             frame_noise=frame_noise, frame_options=dict(frame_options or {}),
-            target_units=list(target_units) if target_units is not None else [""] * n_targets,
+            target_units=list(target_units) if target_units is not None else [""] * n_targets, task=task,
         )
+        self.task = task
         self.dist_basis = DistanceBasis(dist_bins, dist_max, dist_width, window=basis_window)
         angle_basis = AngleBasis(angle_bins, angle_width, window=basis_window)
         self.embedding = nn.Linear(N_ELEMENTS, model_dim, bias=False)

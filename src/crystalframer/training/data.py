@@ -65,6 +65,9 @@ class DataSpec:
         split_fractions, split_seed: random split of a single ``source`` without split labels.
         split_file: a JSON split (ids per split) written by ``DatasetSplits.save``.
         load_options: extra keyword arguments for ``load_dataset``.
+        binarize: {target: threshold}: replace the target by the 0/1 label ``value > threshold`` (missing
+            stays missing), named ``"<target>><threshold>"``, for classification (``loss: bce``); e.g.
+            ``{"band_gap": 0.0}`` labels non-metals 1 and metals 0.
     """
 
     dataset: str | None = None
@@ -80,6 +83,7 @@ class DataSpec:
     split_seed: int = 123
     split_file: str | None = None
     load_options: dict[str, Any] = field(default_factory=dict)
+    binarize: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         import dataclasses
@@ -132,6 +136,31 @@ def select_targets(ds: Any, targets: list[str] | None) -> tuple[list[Crystal], l
     return crystals, names or list(targets or [])
 
 
+def binarize_targets(sets: dict[str, list[Crystal]], names: list[str], units: list[str],
+                     thresholds: dict[str, float]) -> tuple[dict[str, list[Crystal]], list[str], list[str]]:
+    """Replace each target named in ``thresholds`` by the 0/1 label ``value > threshold`` (NaN stays NaN)."""
+    unknown = sorted(set(thresholds) - set(names))
+    if unknown:
+        raise ValueError(f"cannot binarize {unknown}: not among the targets {names}")
+    cols = {names.index(t): float(v) for t, v in thresholds.items()}
+    out = {}
+    for split, crystals in sets.items():
+        new = []
+        for c in crystals:
+            if c.targets is None:
+                new.append(c)
+                continue
+            y = np.asarray(c.targets, np.float64).copy()
+            for k, thr in cols.items():
+                if np.isfinite(y[k]):
+                    y[k] = float(y[k] > thr)
+            new.append(Crystal(c.lattice, c.positions, c.species, c.id, y, dict(c.info)))
+        out[split] = new
+    names = [f"{n}>{cols[k]:g}" if k in cols else n for k, n in enumerate(names)]
+    units = ["" if k in cols else u for k, u in enumerate(units)]
+    return out, names, units
+
+
 def resolve_data(spec: DataSpec) -> Splits:
     """Load and split the data described by ``spec`` (every rank calls this; it is deterministic)."""
     errors: list[tuple[int, str, str]] = []
@@ -171,11 +200,13 @@ def resolve_data(spec: DataSpec) -> Splits:
     if not names:
         raise ValueError(f"the data ({spec.describe()}) has no targets; name them with --targets")
     out = {s: v[0] for s, v in sets.items()}
+    units = list(spec.units) if spec.units else [SHARED_UNITS.get(n, "") for n in names]
+    if spec.binarize:
+        out, names, units = binarize_targets(out, list(names), units, spec.binarize)
     if spec.limit is not None:
         out = {s: v[: int(spec.limit)] for s, v in out.items()}
     if not out["train"]:
         raise ValueError(f"no training structures in {spec.describe()}")
-    units = list(spec.units) if spec.units else [SHARED_UNITS.get(n, "") for n in names]
     if len(units) != len(names):
         raise ValueError(f"{len(units)} units for {len(names)} targets {names}")
     return Splits(out["train"], out["val"], out["test"], list(names), units, errors)

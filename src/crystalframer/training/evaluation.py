@@ -13,7 +13,8 @@ import torch
 
 from crystalframer.atomic import atomic_open
 from crystalframer.data.structures import Crystal
-from crystalframer.training.metrics import regression_metrics
+from crystalframer.nn.heads import to_target_units
+from crystalframer.training.metrics import check_binary_labels, classification_metrics, regression_metrics
 
 __all__ = ["Predictions", "predict_crystals", "evaluate_crystals", "write_predictions_csv", "column_name",
            "target_info"]
@@ -25,9 +26,10 @@ class Predictions:
 
     Attributes:
         ids: n structure ids.
-        y_pred: (n, T) in the targets' units.
+        y_pred: (n, T) in the targets' units (probabilities of class 1 for classification).
         y_true: (n, T) labels (NaN = missing) or None when the crystals carry no labels.
         names, units: T target names and units.
+        task: ``"regression"`` or ``"classification"``.
     """
 
     ids: list[str]
@@ -35,10 +37,14 @@ class Predictions:
     y_true: np.ndarray | None
     names: list[str]
     units: list[str]
+    task: str = "regression"
 
     def metrics(self) -> dict[str, dict[str, float]]:
         if self.y_true is None:
             raise ValueError("these structures have no labels; nothing to score")
+        if self.task == "classification":
+            check_binary_labels(self.y_true, self.names, self.ids)
+            return classification_metrics(self.y_true, self.y_pred, self.names)
         return regression_metrics(self.y_true, self.y_pred, self.names)
 
 
@@ -55,12 +61,14 @@ def target_info(model: torch.nn.Module) -> tuple[list[str], list[str]]:
 @torch.no_grad()
 def predict_crystals(model: torch.nn.Module, crystals: Sequence[Crystal], batch_size: int = 64,
                      device: str | torch.device | None = None) -> Predictions:
-    """Run ``model`` on ``crystals`` in eval mode; predictions in the targets' units.
+    """Run ``model`` on ``crystals`` in eval mode; predictions in the targets' units (probabilities for a
+    classification model).
 
     Labels are taken from ``crystal.targets`` when every crystal has them (aligned with the model's
     targets by position).
     """
     names, units = target_info(model)
+    task = getattr(model, "task", "regression")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     was_training = model.training
@@ -71,7 +79,7 @@ def predict_crystals(model: torch.nn.Module, crystals: Sequence[Crystal], batch_
         for k in range(0, len(crystals), batch_size):
             chunk = list(crystals[k:k + batch_size])
             batch = model.collate(chunk).to(dev, dtype)
-            out = model(batch) * model.target_std + model.target_mean
+            out = to_target_units(model(batch), model.target_mean, model.target_std, task)
             preds.append(out.double().cpu().numpy())
             if have_labels:
                 trues.append(np.stack([np.asarray(c.targets, np.float64) for c in chunk]))
@@ -82,7 +90,7 @@ def predict_crystals(model: torch.nn.Module, crystals: Sequence[Crystal], batch_
     y_true = (np.concatenate(trues) if trues else np.zeros((0, T))) if have_labels or not crystals else None
     if y_true is not None and y_true.shape[1] != T:
         raise ValueError(f"the structures carry {y_true.shape[1]} labels but the model predicts {T} targets {names}")
-    return Predictions([c.id for c in crystals], y_pred, y_true, names, units)
+    return Predictions([c.id for c in crystals], y_pred, y_true, names, units, task)
 
 
 def evaluate_crystals(model: torch.nn.Module, crystals: Sequence[Crystal], batch_size: int = 64,
@@ -100,10 +108,12 @@ def column_name(name: str, unit: str, suffix: str = "") -> str:
 
 
 def write_predictions_csv(path: str | os.PathLike, preds: Predictions, with_truth: bool = True) -> Path:
-    """CSV with an ``id`` column, one prediction column per target and, with labels, ``<t>_true`` columns."""
+    """CSV with an ``id`` column, one prediction column per target (``<t>_probability`` for classification)
+    and, with labels, ``<t>_true`` columns."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = ["id"] + [column_name(n, u) for n, u in zip(preds.names, preds.units)]
+    suffix = "_probability" if preds.task == "classification" else ""
+    header = ["id"] + [column_name(n, u, suffix) for n, u in zip(preds.names, preds.units)]
     truth = with_truth and preds.y_true is not None
     if truth:
         header += [column_name(n, u, "_true") for n, u in zip(preds.names, preds.units)]

@@ -87,11 +87,13 @@ class CrystalPropertyModule(L.LightningModule):
     (see :func:`crystalframer.training.trainer.set_target_normalisation`); the loss is computed on
     (y − mean)/std. Validation runs every epoch with the live (non-averaged) weights and logs
     ``val/loss`` (normalised L1, summed over targets, the checkpoint criterion) and ``val/mae_<target>``
-    in the targets' units.
+    in the targets' units; for classification (``loss="bce"``) ``val/loss`` is the mean binary
+    cross-entropy summed over targets, and ``val/acc_<target>`` the accuracy at probability ½.
 
     Attributes:
         swa: the running weight average (None when ``recipe.swa_epochs == 0``).
-        history: one dict per finished epoch (epoch, step, lr, train_loss, val_loss, val_mae_<t>, time_s).
+        history: one dict per finished epoch (epoch, step, lr, train_loss, val_loss, val_mae_<t> or
+            val_acc_<t>, time_s).
         skipped_steps: optimizer steps skipped by the NaN guard.
     """
 
@@ -109,6 +111,7 @@ class CrystalPropertyModule(L.LightningModule):
         n_t = int(model.target_mean.numel())
         names = getattr(model, "target_names", None) or [f"target_{k}" for k in range(n_t)]
         self.target_names = [str(x) for x in names]
+        self.classification = recipe.loss == "bce"
         self._reset_epoch_sums()
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -117,6 +120,7 @@ class CrystalPropertyModule(L.LightningModule):
         self._train_sum = torch.zeros(2, dtype=torch.float64)  # loss·B, B
         self._val_abs = torch.zeros(n_t, dtype=torch.float64)  # Σ |ŷ' − y'| per target (normalised)
         self._val_cnt = torch.zeros(n_t, dtype=torch.float64)
+        self._val_correct = torch.zeros(n_t, dtype=torch.float64)
         self._epoch_t0 = time.perf_counter()
 
     def _param_dtype(self) -> torch.dtype:
@@ -163,7 +167,7 @@ class CrystalPropertyModule(L.LightningModule):
         sch = self.lr_schedulers()
         if batch.y is None:
             raise ValueError("training batch without targets: every training structure needs labels")
-        target = self.normalise(batch.y) if self.recipe.normalize_targets else batch.y
+        target = self.normalise(batch.y) if self.recipe.normalize_targets and not self.classification else batch.y
         pred = self.model(batch)
         loss = masked_loss(pred, target.to(pred.dtype), self.recipe.loss)
         opt.zero_grad(set_to_none=True)
@@ -201,13 +205,23 @@ class CrystalPropertyModule(L.LightningModule):
     # -- validation ----------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         n_t = len(self.target_names)
-        self._val_abs = torch.zeros(n_t, dtype=torch.float64)
+        self._val_abs = torch.zeros(n_t, dtype=torch.float64)  # Σ |ŷ' − y'| (regression) or Σ BCE
         self._val_cnt = torch.zeros(n_t, dtype=torch.float64)
+        self._val_correct = torch.zeros(n_t, dtype=torch.float64)  # classification: correct at p = ½
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         if batch.y is None:
             return
         pred = self.model(batch).double()
+        if self.classification:
+            target = batch.y.double()
+            mask = torch.isfinite(target)
+            labels = torch.where(mask, target, 0.0)
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(pred, labels, reduction="none")
+            self._val_abs += torch.where(mask, bce, 0.0).sum(0).cpu()
+            self._val_correct += (mask & ((pred >= 0) == (labels == 1))).sum(0).double().cpu()
+            self._val_cnt += mask.sum(0).double().cpu()
+            return
         target = self.normalise(batch.y).double() if self.recipe.normalize_targets else batch.y.double()
         mask = torch.isfinite(target)
         err = torch.where(mask, (pred - torch.where(mask, target, 0.0)).abs(), 0.0)
@@ -216,14 +230,22 @@ class CrystalPropertyModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         # Sum over ranks (each rank validated its own shard, without padding duplicates).
-        sums = torch.cat([self._val_abs, self._val_cnt]).to(self.device)
+        sums = torch.cat([self._val_abs, self._val_cnt, self._val_correct]).to(self.device)
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         n_t = len(self.target_names)
-        abs_sum, cnt = sums[:n_t].double().cpu(), sums[n_t:].double().cpu()
-        mae_norm = abs_sum / cnt.clamp(min=1)
-        std = self.model.target_std.detach().double().cpu() if self.recipe.normalize_targets else torch.ones(n_t)
+        abs_sum, cnt = sums[:n_t].double().cpu(), sums[n_t:2 * n_t].double().cpu()
+        mae_norm = abs_sum / cnt.clamp(min=1)  # or the mean BCE, for classification
         val_loss = float(mae_norm[cnt > 0].sum()) if bool((cnt > 0).any()) else float("nan")
         self.log("val/loss", val_loss, prog_bar=True, sync_dist=False)
+        if self.classification:
+            acc = sums[2 * n_t:].double().cpu() / cnt.clamp(min=1)
+            accs = {f"val_acc_{name}": float(acc[k]) if cnt[k] > 0 else float("nan")
+                    for k, name in enumerate(self.target_names)}
+            for key, v in accs.items():
+                self.log(key.replace("val_", "val/", 1), v, sync_dist=False)
+            self._last_val = {"val_loss": val_loss, **accs}
+            return
+        std = self.model.target_std.detach().double().cpu() if self.recipe.normalize_targets else torch.ones(n_t)
         maes = {}
         for k, name in enumerate(self.target_names):
             maes[f"val_mae_{name}"] = float(mae_norm[k] * std[k]) if cnt[k] > 0 else float("nan")

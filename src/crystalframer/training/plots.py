@@ -76,10 +76,12 @@ def parity_plot(panels: Mapping[str, tuple[np.ndarray, np.ndarray]], target_name
 
 def learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, swa_start_epoch: int | None = None,
                     target_names: Sequence[str] = (), target_units: Sequence[str] = ()) -> Path:
-    """Training/validation loss (normalised L1), validation MAE per target and the LR against the epoch.
+    """Training/validation loss, validation MAE (or accuracy, for classification) per target and the LR
+    against the epoch.
 
     Args:
-        history: one dict per epoch (``epoch``, ``train_loss``, ``val_loss``, ``val_mae_<t>``, ``lr``).
+        history: one dict per epoch (``epoch``, ``train_loss``, ``val_loss``, ``val_mae_<t>`` or
+            ``val_acc_<t>``, ``lr``).
         swa_start_epoch: draws a vertical line where SWA starts.
     """
     def col(key: str) -> np.ndarray:
@@ -99,10 +101,11 @@ def learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLik
     ax.legend(fontsize=8)
     for k, name in enumerate(target_names):
         a = axes[0][1 + k]
-        a.plot(ep, col(f"val_mae_{name}"), marker=".", color="C1")
+        acc = any(f"val_acc_{name}" in h for h in history)  # a classification run
+        a.plot(ep, col(f"val_acc_{name}" if acc else f"val_mae_{name}"), marker=".", color="C1")
         a.set_xlabel("epoch")
         unit = target_units[k] if k < len(target_units) else ""
-        a.set_ylabel("val MAE " + _label(name, unit))
+        a.set_ylabel(f"val accuracy {name}" if acc else "val MAE " + _label(name, unit))
     a = axes[0][n_panels - 1]
     a.plot(ep, col("lr"), color="C2")
     a.set_xlabel("epoch")

@@ -28,6 +28,8 @@ __all__ = ["Recipe", "PRESETS", "get_recipe", "param_groups", "build_optimizer",
 
 
 SCHEDULES = ("inverse_sqrt", "constant", "plateau")
+#: Training losses: three regression losses and binary cross-entropy (classification).
+LOSSES = ("l1", "mse", "smooth_l1", "bce")
 
 
 @dataclass
@@ -48,8 +50,12 @@ class Recipe:
         schedule_warmup: W of the inverse-sqrt schedule (4000).
         plateau_factor, plateau_patience, min_lr: the plateau schedule (0.5, 25, 1e-6 as ECN).
         clip_norm: max global gradient norm (``None`` or 0 disables clipping).
-        loss: ``"l1"`` (official), ``"mse"`` or ``"smooth_l1"``, on the normalised scale.
-        normalize_targets: learn (y − mean)/std with the training split's mean and population std.
+        loss: ``"l1"`` (official), ``"mse"`` or ``"smooth_l1"``, on the normalised scale; or ``"bce"``:
+            binary classification (labels 0/1, e.g. metal vs non-metal as in ECN): the model is built with
+            ``task="classification"``, outputs logits, predicts probabilities, and is scored by accuracy,
+            ROC-AUC and per-class recall.
+        normalize_targets: learn (y − mean)/std with the training split's mean and population std (ignored
+            with ``loss="bce"``).
         val_batch_size / test_batch_size: evaluation batch sizes (``None``: same as ``batch_size``). The
             official test loader uses batch 1; batching does not change predictions.
         drop_last: drop the last incomplete training batch (official: True).
@@ -92,8 +98,8 @@ class Recipe:
             raise ValueError(f"swa_epochs must be in 0..epochs ({self.epochs}), got {self.swa_epochs}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.loss not in ("l1", "mse", "smooth_l1"):
-            raise ValueError(f"loss must be 'l1', 'mse' or 'smooth_l1', got {self.loss!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
 
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with some fields changed (unknown names raise ``TypeError``)."""

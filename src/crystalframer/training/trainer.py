@@ -35,7 +35,7 @@ from crystalframer.checkpoint import jsonable, library_version, load, save_model
 from crystalframer.data.structures import Crystal
 from crystalframer.training.data import CrystalDataModule, DataSpec, Splits, resolve_data
 from crystalframer.training.evaluation import evaluate_crystals, write_predictions_csv
-from crystalframer.training.metrics import population_stats
+from crystalframer.training.metrics import check_binary_labels, format_target_metrics, population_stats
 from crystalframer.training.recipe import Recipe, get_recipe
 
 __all__ = ["TrainConfig", "RunResult", "train", "build_model", "set_target_normalisation", "RUN_DIR_ENV",
@@ -131,10 +131,15 @@ class RunResult:
     best_model: torch.nn.Module | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    def test_metric(self, key: str = "mae", which: str = "swa", target: str | None = None) -> float:
+        """Test metric ``key`` ("mae", "r2", "accuracy", "roc_auc", ...) of ``which`` ("swa" or "best") for
+        ``target`` (default: the first)."""
+        res = self.metrics[which]["test"]
+        return float(res[target or next(iter(res))][key])
+
     def test_mae(self, which: str = "swa", target: str | None = None) -> float:
         """Test MAE of ``which`` ("swa" or "best") for ``target`` (default: the first)."""
-        res = self.metrics[which]["test"]
-        return float(res[target or next(iter(res))]["mae"])
+        return self.test_metric("mae", which, target)
 
 
 # -- model -------------------------------------------------------------------------------------------------
@@ -169,10 +174,27 @@ def build_model(config: TrainConfig, recipe: Recipe, target_names: Sequence[str]
     if config.frame is not None:
         kwargs["frame"] = config.frame
     targets = {"n_targets": len(target_names), "target_names": list(target_names),
-               "target_units": list(target_units)}
+               "target_units": list(target_units), "task": recipe_task(recipe)}
+    if kwargs.get("task", targets["task"]) != targets["task"]:
+        raise ValueError(f"model task {kwargs['task']!r} does not match the recipe's loss {recipe.loss!r} "
+                         "(classification is chosen by loss: bce)")
     # Optional protocol keys are passed only to classes that accept them; model kwargs given explicitly win.
     kwargs = {**_accepted(cls, targets), **{k: v for k, v in kwargs.items() if k not in targets}}
     return cls(**kwargs)
+
+
+def recipe_task(recipe: Recipe) -> str:
+    """The model task a recipe trains: ``"classification"`` for the BCE loss, else ``"regression"``."""
+    return "classification" if recipe.loss == "bce" else "regression"
+
+
+def check_model_task(model: torch.nn.Module, recipe: Recipe) -> str:
+    """The model's task, checked against the recipe's loss (a regression model cannot learn with BCE)."""
+    task = getattr(model, "task", "regression")
+    if task != recipe_task(recipe):
+        raise ValueError(f"the model is a {task} model but the recipe's loss is {recipe.loss!r}; use loss "
+                         f"{'bce' if task == 'classification' else 'l1/mse/smooth_l1'} or another model")
+    return task
 
 
 @torch.no_grad()
@@ -323,7 +345,14 @@ def train(config: TrainConfig | Mapping[str, Any], resume: bool | str = False, s
         splits = resolve_data(config.data)  # type: ignore[arg-type]
     if model is None:
         model = build_model(config, recipe, splits.target_names, splits.target_units)
-    mean, std = set_target_normalisation(model, splits.train, recipe.normalize_targets)
+    task = check_model_task(model, recipe)
+    if task == "classification":
+        for part in (splits.train, splits.val, splits.test):
+            if part and all(c.targets is not None for c in part):
+                check_binary_labels(np.stack([np.asarray(c.targets, np.float64).reshape(-1) for c in part]),
+                                    splits.target_names, [c.id for c in part])
+    # classification: the head outputs logits of the raw 0/1 labels
+    mean, std = set_target_normalisation(model, splits.train, recipe.normalize_targets and task == "regression")
 
     steps_per_epoch = len(splits.train) // recipe.batch_size if recipe.drop_last else math.ceil(len(splits.train) / recipe.batch_size)
     run_info = {"data": config.data.to_dict() if isinstance(config.data, DataSpec) else config.data,
@@ -444,9 +473,9 @@ def _finish(run_dir: Path, config: TrainConfig, recipe: Recipe, module, ckpt_cb,
             panels.setdefault(split, {})[f"{name.upper() if name == 'swa' else name}"] = (preds.y_true, preds.y_pred)
             for tname, r in res.items():
                 tag = f"{split}-{name}" if name != "best" else split
-                log_flat[f"{tag}/mae_{tname}"] = r["mae"]
-                log_flat[f"{tag}/rmse_{tname}"] = r["rmse"]
-                log_flat[f"{tag}/r2_{tname}"] = r["r2"]
+                for key in ("mae", "rmse", "r2", "accuracy", "roc_auc", "recall", "recall_0", "log_loss"):
+                    if key in r:
+                        log_flat[f"{tag}/{key}_{tname}"] = r[key]
     (run_dir / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
     for lg in trainer.loggers:
         try:
@@ -460,7 +489,7 @@ def _finish(run_dir: Path, config: TrainConfig, recipe: Recipe, module, ckpt_cb,
                training={**module.run_info, "selection": final_name, "epochs": int(trainer.current_epoch),
                          "metrics": {k: metrics[final_name].get(k) for k in ("val", "test")}})
     if config.plots:
-        for split, panel in panels.items():
+        for split, panel in (panels.items() if getattr(live, "task", "regression") == "regression" else ()):
             parity_plot(panel, splits.target_names, splits.target_units, run_dir / f"parity_{split}.png",
                         title=f"{split} set")
         if module.history:
@@ -473,7 +502,7 @@ def _finish(run_dir: Path, config: TrainConfig, recipe: Recipe, module, ckpt_cb,
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """Human-readable summary of ``metrics.json`` (the test MAE of the final and best models first)."""
+    """Human-readable summary of ``metrics.json`` (the test metrics of the final and best models first)."""
     lines = []
     names, units = metrics.get("target_names", []), metrics.get("target_units", [])
     final = metrics.get("final_model", "swa")
@@ -483,10 +512,8 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
             if not res:
                 continue
             for k, t in enumerate(names):
-                r = res[t]
-                unit = f" {units[k]}" if k < len(units) and units[k] else ""
-                lines.append(f"{split} {which:>4} {t}: MAE {r['mae']:.6g}{unit}  RMSE {r['rmse']:.6g}{unit}  "
-                             f"R² {r['r2']:.4f}  (n={r['n']})")
+                unit = units[k] if k < len(units) else ""
+                lines.append(f"{split} {which:>4} {t}: {format_target_metrics(res[t], unit)}")
     if metrics.get("best_epoch", -1) >= 0:
         lines.append(f"best epoch {metrics['best_epoch'] + 1} (val loss {metrics.get('best_val_loss', float('nan')):.6g}); "
                      f"{metrics.get('epochs')} epochs, {metrics.get('global_steps')} steps, "
