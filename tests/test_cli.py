@@ -143,3 +143,21 @@ def test_fine_tune_from_a_checkpoint(trained, shared_data, tmp_path):
     y = np.array([c.targets[0] for c in perov_crystals(shared_data, "train", 8)])
     assert float(tuned.target_mean[0]) == pytest.approx(y.mean())  # normalisation re-fitted on the new data
     assert any(not torch.equal(p, q) for p, q in zip(base.parameters(), tuned.parameters()))
+
+
+def test_metal_classifier_train_and_evaluate(shared_data, tmp_path, capsys):
+    """--binarize + --loss bce through the CLI; evaluate labels the data the way the model was trained."""
+    out = tmp_path / "metal"
+    assert main(["train", "--dataset", "mp_20_subset", "--data-root", str(shared_data), "--targets", "band_gap",
+                 "--binarize", "band_gap=0", "--loss", "bce", "--limit", "24", *QUICK, *TINY_FLAGS,
+                 "--no-tensorboard", "--no-plots", "-o", str(out)]) == 0
+    assert "test accuracy (swa) band_gap>0" in capsys.readouterr().out
+    csv_path = tmp_path / "eval.csv"
+    assert main(["evaluate", str(out / "model.pt"), "--dataset", "mp_20_subset", "--data-root", str(shared_data),
+                 "--split", "test", "--limit", "10", "--device", "cpu", "-o", str(csv_path)]) == 0
+    assert "band_gap>0: accuracy" in capsys.readouterr().out
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10
+    assert {r["band_gap>0_true"] for r in rows} <= {"0.0", "1.0"}
+    assert all(0.0 < float(r["band_gap>0_probability"]) < 1.0 for r in rows)

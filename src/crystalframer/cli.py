@@ -264,11 +264,16 @@ def _load_model(path: str, device: str):
         raise SystemExit(f"error: {e}") from None
 
 
-def _eval_data(args: argparse.Namespace, names: list[str]):
+def _eval_data(args: argparse.Namespace, names: list[str], task: str = "regression"):
     from crystalframer.data.datasets import SHARED_SETS, load_shared
     from crystalframer.data.readers import load_dataset
+    from crystalframer.training.data import binarize_targets, binarized_source, select_targets
 
-    targets = args.targets or names
+    targets = list(args.targets or names)
+    # a classifier trained with --binarize band_gap=0 predicts "band_gap>0": label the data the same way
+    made = {k: binarized_source(t) for k, t in enumerate(targets)} if task == "classification" else {}
+    made = {k: v for k, v in made.items() if v is not None}
+    targets = [made[k][0] if k in made else t for k, t in enumerate(targets)]
     if args.data in SHARED_SETS and not Path(args.data).exists():
         if not args.data_root:
             raise SystemExit(f"error: {args.data} is a shared data set: give --data-root")
@@ -277,9 +282,11 @@ def _eval_data(args: argparse.Namespace, names: list[str]):
         ds = load_dataset(args.data, targets=targets)
     if args.split:
         ds = ds.split()[args.split]
-    from crystalframer.training.data import select_targets
-
     crystals, got = select_targets(ds, list(targets))
+    if made:
+        parts, got, _ = binarize_targets({"all": crystals}, list(got), [""] * len(got),
+                                         {base: thr for base, thr in made.values()})
+        crystals = parts["all"]
     if len(got) != len(names):
         raise SystemExit(f"error: the data has targets {got}, the model predicts {names}")
     return crystals[: args.limit] if args.limit else crystals, list(getattr(ds, "errors", []))
@@ -296,7 +303,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model = _load_model(args.checkpoint, device)
     names, units = target_info(model)
-    crystals, errors = _eval_data(args, names)
+    crystals, errors = _eval_data(args, names, getattr(model, "task", "regression"))
     for e in errors:
         _err(f"skipped {e[1]}: {e[2]}")
     if not crystals:

@@ -136,6 +136,17 @@ def select_targets(ds: Any, targets: list[str] | None) -> tuple[list[Crystal], l
     return crystals, names or list(targets or [])
 
 
+def binarized_source(name: str) -> tuple[str, float] | None:
+    """``"band_gap>0"`` → ``("band_gap", 0.0)``: the property and threshold a binarized target was made of."""
+    base, sep, thr = name.rpartition(">")
+    if not sep or not base:
+        return None
+    try:
+        return base, float(thr)
+    except ValueError:
+        return None
+
+
 def binarize_targets(sets: dict[str, list[Crystal]], names: list[str], units: list[str],
                      thresholds: dict[str, float]) -> tuple[dict[str, list[Crystal]], list[str], list[str]]:
     """Replace each target named in ``thresholds`` by the 0/1 label ``value > threshold`` (NaN stays NaN)."""
