@@ -13,6 +13,8 @@ import math
 import torch
 from torch import Tensor
 
+from crystalframer.nn.moments import SlotMoments, use_numba
+
 #: Width of the evaluation window in units of σ on each side (the kernels' CUT_SIGMA).
 CUT_SIGMA = 4.0
 
@@ -43,14 +45,16 @@ class AngleBasis:
     """D Gaussians on cosines in [−1, 1]: μ_m = −1 + 2m/(D−1), σ_a = s·2/(D−1).
 
     Besides direct evaluation, the basis offers a *moment expansion* (used for the paper's unwindowed
-    basis): with j0 the nearest centre of c, u = (c − μ_j0)/ι ∈ [−½, ½] and k = d − j0,
+    basis). With ι the centre spacing, x = (c + 1)/ι ∈ [0, D − 1] the position of c, j = ⌊x + ½⌋ its
+    nearest centre, u = x − j ∈ [−½, ½], k = d − j and s = ι²/σ² = 1/width²,
 
-        G_d(c) = exp(−s u²/2) · exp(s u k) · exp(−s k²/2),   s = ι²/σ² = 1/width²,
+        G_d(c) = exp(−s (u − k)²/2) = exp(−s k²/2) · exp(s k u − s u²/2) = Σ_p A[j, p, d] u^p,
 
-    and the middle factor is a Taylor series in u. So Σ_m w_m G_d(c_m) = Σ_(j0,p) A[(j0,p), d] · M_(j0,p)
-    with moments M_(j0,p) = Σ_(m: nearest centre j0) w_m exp(−s u_m²/2) u_m^p. The number of terms is
-    chosen so that the truncation error is below ``tol`` times the largest basis value (by default 1e-9 for
-    float64 sums and 1e-7, float32's resolution, otherwise).
+    a power series in u whose coefficients A[j, p, d] = exp(−s k²/2) Σ_m (s k)^(p−2m)/(p−2m)! · (−s/2)^m/m!
+    depend on k only. So Σ_m w_m G_d(c_m) = Σ_(j,p) A[j, p, d] · M_(j,p) with the plain power moments
+    M_(j,p) = Σ_(m: nearest centre j) w_m u_m^p (no exponential per slot). The number P of terms is the
+    smallest with a truncation error below ``tol`` for every u and k (by default 1e-9 for float64 sums and
+    1e-7, float32's resolution of a basis value ≤ 1, otherwise): P = 8 / 6 for the default basis.
     """
 
     #: Truncation tolerance of the moment expansion per compute dtype: below float32 resolution of a basis
@@ -69,45 +73,41 @@ class AngleBasis:
         self._order: dict = {}
         self._matrix: dict = {}
 
+    def _series(self, P: int, k: Tensor) -> Tensor:
+        """(P, len(k)) coefficients of u^p in exp(−s (u − k)²/2), float64."""
+        out = torch.zeros(P, k.shape[0], dtype=torch.float64)
+        for p in range(P):
+            for m in range(p // 2 + 1):
+                out[p] += (self.s * k) ** (p - 2 * m) * ((-self.s / 2) ** m / (
+                    math.factorial(p - 2 * m) * math.factorial(m)))
+        return out * torch.exp(-self.s * k**2 / 2)
+
     def moment_count(self, dtype: torch.dtype = torch.float64) -> int:
-        """Number P of Taylor moments for sums computed in ``dtype`` (e.g. 8 in float64, 6 in float32 for
-        the default basis): the bound on the series remainder at |u| = ½ is below the tolerance."""
+        """Number P of moments for sums computed in ``dtype``: the series error, measured on a fine grid of
+        u ∈ [−½, ½] for every k, is below the tolerance."""
         tol = self.tol if self.tol is not None else self.TOLERANCE.get(dtype, self.TOLERANCE_LOW)
         if tol not in self._order:
-            k = torch.arange(-(self.bins - 1), self.bins, dtype=torch.float64).abs()
-            x = self.s * k / 2
+            k = torch.arange(-self.bins, self.bins + 1, dtype=torch.float64)
+            u = torch.linspace(-0.5, 0.5, 401, dtype=torch.float64)[:, None]
+            exact = torch.exp(-self.s * (u - k) ** 2 / 2)
             P = 1
-            while P < 40:  # remainder of the Taylor series of exp(s u k) at |u| = 1/2, times exp(−s k²/2)
-                bound = torch.exp(-self.s * k**2 / 2 + x + (P + 1) * torch.log(x.clamp_min(1e-300))
-                                  - math.lgamma(P + 2))
-                if bound.max() < tol:
-                    break
+            while (sum(c * u**p for p, c in enumerate(self._series(P, k))) - exact).abs().max() >= tol:
                 P += 1
-            self._order[tol] = P + 1
+                if P > 40:
+                    raise ValueError(f"the moment expansion of {self.bins} angle bins of width {self.width} "
+                                     f"does not reach the tolerance {tol} with 40 terms")
+            self._order[tol] = P
         return self._order[tol]
 
     def moment_matrix(self, device=None, dtype=torch.float64) -> Tensor:
-        """A: (D · P, D) with A[j0 · P + p, d] = (s k)^p / p! · exp(−s k²/2), k = d − j0, P for ``dtype``."""
+        """A: (D, P, D) with A[j, p, d] the coefficient of u^p in G_d around centre j, P for ``dtype``."""
         key = (device, dtype)
         if key not in self._matrix:
             D, P = self.bins, self.moment_count(dtype)
-            k = (torch.arange(D)[None, :] - torch.arange(D)[:, None]).double()  # (j0, d)
-            p = torch.arange(P, dtype=torch.float64)
-            logfact = torch.lgamma(p + 1)
-            A = (self.s * k[:, None, :]) ** p[None, :, None] / torch.exp(logfact)[None, :, None]
-            A = A * torch.exp(-self.s * k**2 / 2)[:, None, :]
-            self._matrix[key] = A.reshape(D * P, D).to(device=device, dtype=dtype)
+            k = (torch.arange(D)[None, :] - torch.arange(D)[:, None]).double()  # (j, d)
+            A = self._series(P, k.reshape(-1)).view(P, D, D).transpose(0, 1)
+            self._matrix[key] = A.contiguous().to(device=device, dtype=dtype)
         return self._matrix[key]
-
-    def moments(self, cos: Tensor) -> tuple[Tensor, Tensor]:
-        """(...,) cosines → nearest-centre index j0 (...,) and moments exp(−s u²/2) u^p (..., P)."""
-        j0 = torch.round((cos + 1) / self.step).clamp(0, self.bins - 1)
-        u = (cos - (j0 * self.step - 1)) / self.step
-        e = torch.exp(-0.5 * self.s * u * u)
-        pw = [e]
-        for _ in range(self.moment_count(cos.dtype) - 1):
-            pw.append(pw[-1] * u)
-        return j0.long(), torch.stack(pw, -1)
 
     def centers(self, device=None, dtype=None) -> Tensor:
         return -1.0 + torch.arange(self.bins, device=device, dtype=dtype) * self.step
@@ -173,107 +173,56 @@ class _AngleHistogram(torch.autograd.Function):
         return gw, gc, None, None
 
 
-class _MomentScatter(torch.autograd.Function):
-    """Moments of :class:`AngleBasis` for a flat list of elements (weight ω_e, cosine c_e, row r_e):
-
-        acc[p, r, j0] = Σ_(e: r_e = r, nearest centre j0) ω_e exp(−s u_e²/2) u_e^p.
-
-    The (elements × P) moments are never stored: forward builds them one power at a time, backward
-    recomputes them with Horner sums. Gradients flow to ω and c. One 1-D scatter per power into its own
-    (rows × D) block was measured faster than any interleaved layout.
-    """
-
-    @staticmethod
-    def forward(ctx, weight: Tensor, cos: Tensor, row: Tensor, n_rows: int, basis: AngleBasis) -> Tensor:
-        D, P = basis.bins, basis.moment_count(cos.dtype)
-        u = (cos + 1).mul_(1.0 / basis.step)  # position in units of the centre spacing
-        j0 = torch.round(u).clamp_(0, D - 1)
-        u.sub_(j0)
-        index = row * D + j0.long()
-        e = torch.exp(u.square().mul_(-0.5 * basis.s))
-        term = e * weight
-        acc = cos.new_zeros(P, n_rows * D)
-        for p in range(P):
-            acc[p].index_add_(0, index, term)
-            if p + 1 < P:
-                term.mul_(u)
-        ctx.save_for_backward(weight, u, e, index)
-        ctx.basis = basis
-        return acc.view(P, n_rows, D)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        weight, u, e, index = ctx.saved_tensors
-        basis = ctx.basis
-        P = grad.shape[0]
-        grad = grad.reshape(P, -1)
-        poly = grad[P - 1].index_select(0, index)  # Σ_p g_p u^p by Horner
-        g = [None] * P
-        for p in range(P - 2, -1, -1):
-            g[p] = grad[p].index_select(0, index)
-            poly.mul_(u).add_(g[p])
-        g_weight = poly * e if ctx.needs_input_grad[0] else None
-        g_cos = None
-        if ctx.needs_input_grad[1]:
-            dpoly = grad[P - 1].index_select(0, index) * (P - 1)  # Σ_p p g_p u^(p−1)
-            for p in range(P - 2, 0, -1):
-                dpoly = dpoly * u + p * g[p]
-            g_cos = weight * e * (dpoly - basis.s * u * poly) / basis.step
-        return g_weight, g_cos, None, None, None
-
-
-def _project_moments(acc: Tensor, basis: AngleBasis, proj: Tensor) -> Tensor:
-    """acc (P, K, H, N, D) moments → (N, H, C) = Σ_(k,p,j0) acc · (A W_k,h)[p, j0, c]."""
-    P, K, H, N, D = acc.shape
-    A = basis.moment_matrix(acc.device, acc.dtype).view(D, P, D)  # [j0, p, d]
-    proj_a = torch.einsum("jpd,khcd->pkhjc", A, proj)  # (P, K, H, D_j0, C)
-    C = proj.shape[2]
-    out = torch.bmm(acc.reshape(P * K * H, N, D), proj_a.reshape(P * K * H, D, C))
-    return out.view(P * K, H, N, C).sum(0).transpose(0, 1)
-
-
-def angle_features(w: Tensor, cos: Tensor, frame_w: Tensor, basis: AngleBasis, proj: Tensor) -> Tensor:
-    """Projected angular encodings Σ_t fw_t Σ_k W_k,h Σ_m w_m b(cos_mtk), by the moment expansion.
-
-    Args:
-        w: (N, H, M) attention weights of the slots.
-        cos: (N, H, M, T, K) cosines of each slot with axis k of candidate frame t.
-        frame_w: (N, H, T) weights of the candidate frames (sum to 1).
-        proj: (K, H, C, D) projections W_k,h.
-    Returns:
-        (N, H, C). Exact to the expansion's truncation (:meth:`AngleBasis.moment_count`); differentiable in
-        w, cos, frame_w and proj.
-    """
-    if basis.win is not None:
-        raise ValueError("the moment expansion is for the full basis; use angle_histogram with windows")
-    N, H, M, T, K = cos.shape
-    dev = cos.device
-    row = ((torch.arange(K, device=dev) * H + torch.arange(H, device=dev)[:, None, None, None]) * N
-           + torch.arange(N, device=dev)[:, None, None, None, None])  # (N, H, 1, 1, K)
-    weight = w[:, :, :, None, None] * frame_w[:, :, None, :, None]
-    acc = _MomentScatter.apply(weight.expand(cos.shape).reshape(-1), cos.reshape(-1),
-                               row.expand(cos.shape).reshape(-1), K * H * N, basis)
-    return _project_moments(acc.view(-1, K, H, N, basis.bins), basis, proj)
-
-
 def slot_angle_features(w: Tensor, cos: Tensor, atom: Tensor, n_atoms: int, basis: AngleBasis,
                         proj: Tensor) -> Tensor:
-    """:func:`angle_features` for one frame per (atom, head) on a flat list of image slots (no padding).
+    """Σ_k W_k,h Σ_(slots s of atom i) w_sh b(cos_shk) on a flat list of image slots (no padding), by the
+    moment expansion of :class:`AngleBasis` (exact to its truncation, :meth:`AngleBasis.moment_count`).
 
     Args:
         w: (S, H) attention weights of the slots; cos: (S, H, K) cosines with the frame axes;
-        atom: (S,) the atom (centre) each slot belongs to; proj: (K, H, C, D).
+        atom: (S,) the atom (row) each slot belongs to; proj: (K, H, C, D).
     Returns:
-        (n_atoms, H, C).
+        (n_atoms, H, C); differentiable in w, cos and proj.
     """
     if basis.win is not None:
         raise ValueError("the moment expansion is for the full basis; use angle_histogram with windows")
     S, H, K = cos.shape
-    dev = cos.device
-    row = (torch.arange(K, device=dev) * H + torch.arange(H, device=dev)[:, None]) * n_atoms + atom[:, None, None]
-    acc = _MomentScatter.apply(w[:, :, None].expand(S, H, K).reshape(-1), cos.reshape(-1),
-                               row.reshape(-1), K * H * n_atoms, basis)
-    return _project_moments(acc.view(-1, K, H, n_atoms, basis.bins), basis, proj)
+    if S > 1 and bool((atom[1:] < atom[:-1]).any()):  # the moment sums need each atom's slots together
+        order = torch.sort(atom, stable=True).indices
+        w, cos, atom = w[order], cos[order], atom[order]
+    start = torch.zeros(n_atoms + 1, dtype=torch.long, device=atom.device)
+    start[1:] = torch.cumsum(torch.bincount(atom, minlength=n_atoms), 0)
+    fast = use_numba(cos)
+    P = basis.moment_count(cos.dtype)
+    acc = SlotMoments.apply(w, cos, start, basis.bins, P, fast)
+    A = basis.moment_matrix(cos.device, cos.dtype)  # [j, p, d]
+    C = proj.shape[2]
+    if fast:  # acc (H, N, K, D, P): one matrix product per head
+        weights = torch.einsum("jpd,khcd->hkjpc", A, proj).reshape(H, -1, C)
+        out = torch.bmm(acc.view(H, n_atoms, -1), weights)
+    else:  # acc (P, H, N, K, D): one per (power, head)
+        weights = torch.einsum("jpd,khcd->phkjc", A, proj).reshape(P * H, -1, C)
+        out = torch.bmm(acc.view(P * H, n_atoms, -1), weights).view(P, H, n_atoms, C).sum(0)
+    if out.requires_grad:  # the caller's gradient arrives as an (N, H, C) tensor: bmm wants it head-major
+        out.register_hook(lambda g: None if g is None else g.contiguous())
+    return out.transpose(0, 1)
+
+
+def angle_features(w: Tensor, cos: Tensor, frame_w: Tensor, basis: AngleBasis, proj: Tensor) -> Tensor:
+    """Projected angular encodings Σ_t fw_t Σ_k W_k,h Σ_m w_m b(cos_mtk) of padded slots with T candidate
+    frames per (atom, head): :func:`slot_angle_features` with every (slot, frame) as a slot.
+
+    Args:
+        w: (N, H, M) attention weights; cos: (N, H, M, T, K); frame_w: (N, H, T) frame weights; proj:
+        (K, H, C, D).
+    Returns:
+        (N, H, C); differentiable in w, cos, frame_w and proj.
+    """
+    N, H, M, T, K = cos.shape
+    weight = (w[:, :, :, None] * frame_w[:, :, None, :]).permute(0, 2, 3, 1).reshape(N * M * T, H)
+    atom = torch.arange(N, device=cos.device).repeat_interleave(M * T)
+    return slot_angle_features(weight, cos.permute(0, 2, 3, 1, 4).reshape(N * M * T, H, K), atom, N, basis,
+                               proj)
 
 
 def row_angle_features(w: Tensor, cos: Tensor, basis: AngleBasis, proj: Tensor) -> Tensor:

@@ -1,0 +1,96 @@
+"""The Numba kernel of the angular moment sums against the PyTorch scatter path it replaces on CPU."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from crystalframer.nn import moments
+from crystalframer.nn.basis import AngleBasis, angle_histogram, slot_angle_features
+from crystalframer.nn.moments import SlotMoments
+
+needs_numba = pytest.mark.skipif(moments.numba is None, reason="numba is not installed (pip install '.[fast]')")
+
+
+def _slots(seed: int, dtype: torch.dtype, S: int = 300, H: int = 3, K: int = 3, R: int = 11):
+    g = torch.Generator().manual_seed(seed)
+    atom = torch.sort(torch.randint(0, R, (S,), generator=g)).values
+    atom[atom == 1] = 2  # a row without slots
+    w = torch.rand(S, H, generator=g, dtype=torch.float64).to(dtype)
+    cos = (torch.rand(S, H, K, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    cos[:4, 0, 0] = torch.tensor([-1.0, 1.0, -1.0 + 1e-7, 1.0 - 1e-7], dtype=dtype)  # the ends of the basis
+    start = torch.zeros(R + 1, dtype=torch.long)
+    start[1:] = torch.cumsum(torch.bincount(atom, minlength=R), 0)
+    return w, cos, atom, start
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_kernel_equals_scatter_path_with_gradients(dtype, tol):
+    w, cos, _, start = _slots(0, dtype)
+    basis = AngleBasis()
+    P = basis.moment_count(dtype)
+    results = []
+    for fast in (True, False):
+        wr, cr = w.clone().requires_grad_(), cos.clone().requires_grad_()
+        acc = SlotMoments.apply(wr, cr, start, basis.bins, P, fast)
+        acc_hrkdp = acc if fast else acc.permute(1, 2, 3, 4, 0)
+        g = torch.randn(acc_hrkdp.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+        (acc_hrkdp * g).sum().backward()
+        results.append((acc_hrkdp.detach(), wr.grad, cr.grad))
+    for a, b in zip(*results):
+        assert (a - b).abs().max() <= tol * b.abs().max()
+    assert results[0][0][:, 1].abs().max() == 0  # the empty row
+
+
+@needs_numba
+def test_features_equal_direct_basis_sums_on_both_paths(monkeypatch):
+    """slot_angle_features with the kernel and with the scatters equals direct evaluation of the basis."""
+    w, cos, atom, _ = _slots(2, torch.float64, S=200, H=2, R=7)
+    basis = AngleBasis()
+    proj = torch.randn(3, 2, 5, basis.bins, dtype=torch.float64)
+    ref = torch.zeros(7, 2, 5, dtype=torch.float64)
+    for i in range(7):
+        sel = atom == i
+        if sel.any():
+            hist = angle_histogram(w[sel].T[None], cos[sel].permute(1, 0, 2)[None], basis)[0]  # (H, K, D)
+            ref[i] = torch.einsum("hkd,khcd->hc", hist, proj)
+    for flag in ("1", "0"):
+        monkeypatch.setenv("CRYSTALFRAMER_NUMBA", flag)
+        assert moments.use_numba(cos) == (flag == "1")
+        out = slot_angle_features(w, cos, atom, 7, basis, proj)
+        assert (out - ref).abs().max() < 1e-8 * ref.abs().max()
+
+
+@needs_numba
+def test_kernel_gradcheck_and_concurrent_threads():
+    w, cos, atom, _ = _slots(3, torch.float64, S=40, H=2, R=5)
+    basis = AngleBasis(16, 1.0)
+    proj = torch.randn(3, 2, 4, 16, dtype=torch.float64, requires_grad=True)
+    w.requires_grad_()
+    cos.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b, c: slot_angle_features(a, b, atom, 5, basis, c), (w, cos, proj))
+    ref = slot_angle_features(w, cos, atom, 5, basis, proj).detach()
+    outs: list = []
+
+    def work():
+        outs.append(slot_angle_features(w.detach(), cos.detach(), atom, 5, basis, proj.detach()))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outs) == 4 and all(torch.equal(o, ref) for o in outs)
+
+
+def test_unsorted_atoms_give_the_same_features():
+    w, cos, atom, _ = _slots(4, torch.float64, S=120, H=2, R=6)
+    basis = AngleBasis()
+    proj = torch.randn(3, 2, 4, basis.bins, dtype=torch.float64)
+    perm = torch.randperm(120, generator=torch.Generator().manual_seed(5))
+    a = slot_angle_features(w, cos, atom, 6, basis, proj)
+    b = slot_angle_features(w[perm], cos[perm], atom[perm], 6, basis, proj)
+    assert (a - b).abs().max() < 1e-12 * a.abs().max()
