@@ -1,4 +1,4 @@
-"""The Numba kernel of the angular moment sums against the PyTorch scatter path it replaces on CPU."""
+"""The Numba kernels of the angular moment sums against the PyTorch scatter path they replace on CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from crystalframer.nn import moments
-from crystalframer.nn.basis import AngleBasis, angle_histogram, slot_angle_features
+from crystalframer.nn.basis import (AngleBasis, angle_histogram, dense_angle_features, dense_angle_features_apply,
+                                   slot_angle_features)
 from crystalframer.nn.moments import SlotMoments
 
 needs_numba = pytest.mark.skipif(moments.numba is None, reason="numba is not installed (pip install '.[fast]')")
@@ -94,3 +95,44 @@ def test_unsorted_atoms_give_the_same_features():
     a = slot_angle_features(w, cos, atom, 6, basis, proj)
     b = slot_angle_features(w[perm], cos[perm], atom[perm], 6, basis, proj)
     assert (a - b).abs().max() < 1e-12 * a.abs().max()
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_dense_kernel_equals_slot_path_with_gradients(dtype, tol):
+    """Padded slots straight from (w, r̂, axes): same features and weight gradients as the flat slot list,
+    with directionless slots and slots under the weight floor left out."""
+    g = torch.Generator().manual_seed(6)
+    N, M, H, C = 9, 23, 3, 5
+    logits = torch.randn(N, M, H, generator=g, dtype=torch.float64) * 4
+    logits[:, -3:] = -80.0  # far images: weights below the floor for every head
+    w = torch.softmax(logits, 1).to(dtype).requires_grad_()
+    unit = torch.nn.functional.normalize(torch.randn(N, M, 3, generator=g, dtype=torch.float64), dim=-1).to(dtype)
+    axes = torch.linalg.qr(torch.randn(N, H, 3, 3, generator=g, dtype=torch.float64))[0].transpose(-1, -2)
+    axes = axes.to(dtype)
+    has_dir = torch.rand(N, M, generator=g) > 0.15
+    basis = AngleBasis()
+    proj = torch.randn(3, H, C, basis.bins, generator=g, dtype=torch.float64).to(dtype)
+    floor = 1e-12
+    dense = dense_angle_features(w, unit, axes, has_dir, floor, basis, proj)
+    keep = has_dir & (w.detach().amax(-1) > floor)
+    assert 0 < int(keep.sum()) < int(has_dir.sum())
+    n, m = torch.nonzero(keep, as_tuple=True)
+    cos = torch.einsum("nmc,nhkc->nmhk", unit, axes)[n, m]
+    slot = slot_angle_features(w[n, m], cos, n, N, basis, proj)
+    gout = torch.randn(N, H, C, generator=g, dtype=torch.float64).to(dtype)
+    g_dense, = torch.autograd.grad((dense * gout).sum(), w)
+    g_slot, = torch.autograd.grad((slot * gout).sum(), w)
+    assert (dense - slot).abs().max() <= tol * slot.abs().max()
+    assert (g_dense - g_slot).abs().max() <= tol * g_slot.abs().max()
+    assert g_dense[~keep].abs().max() == 0
+
+
+def test_dense_path_only_without_direction_gradients():
+    """The dense kernel gives no gradient to directions or axes: forces and differentiable frames keep the
+    slot path."""
+    w = torch.rand(2, 3, 2)
+    unit, axes = torch.rand(2, 3, 3), torch.rand(2, 2, 3, 3)
+    assert dense_angle_features_apply(w, unit, axes) == moments.use_numba(w)
+    assert not dense_angle_features_apply(w, unit.requires_grad_(), axes)
+    assert not dense_angle_features_apply(w, unit.detach(), axes.requires_grad_())

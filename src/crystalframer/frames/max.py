@@ -5,25 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from crystalframer.frames.base import (FrameInput, FrameMethod, gather_slots, masked_argmax,
-                                       orthonormal_from_two, register_frame)
+from crystalframer.frames.base import FrameInput, FrameMethod, gather_slots, orthonormal_from_two, register_frame
+from crystalframer.frames.search import COLLINEAR, LOG_FLOOR, two_axis_search
 from crystalframer.frames.ties import two_axis_frame_set
 
-#: Images with |cos| to e1 at or above this are not candidates for the second axis.
-COLLINEAR = 0.9999
-#: Floor of 1 − |cos| inside the log of the second-axis score.
-LOG_FLOOR = 1e-5
 
-
-def _two_axis_frame(inp: FrameInput, first_score: Tensor, second_score_fn) -> Tensor:
-    """e1 = image maximising ``first_score``; r2 = image maximising ``second_score_fn(cos)``."""
-    e1_idx, has1 = masked_argmax(first_score, inp.candidate)
-    e1 = gather_slots(inp.unit, e1_idx)  # (N, H, 3)
-    cos = torch.einsum("nmc,nhc->nmh", inp.unit, e1)
-    allowed = inp.candidate & (cos.abs() < COLLINEAR)
-    r2_idx, has2 = masked_argmax(second_score_fn(cos), allowed)
-    r2 = gather_slots(inp.unit, r2_idx)
-    return orthonormal_from_two(e1, r2, has2 & has1)
+def _two_axis_frame(inp: FrameInput, noisy: bool, use_qk: bool, literal: bool = False) -> Tensor:
+    """e1 = slot maximising s1, r2 = the best non-collinear slot (see :mod:`.search`) → (N, H, 3, 3)."""
+    rnd = torch.rand(inp.qk.shape, dtype=inp.unit.dtype, device=inp.unit.device) if noisy else None
+    e1_idx, has1, r2_idx, has2 = two_axis_search(inp.qk if use_qk else None, inp.a, inp.d2, rnd, inp.noise,
+                                                 inp.candidate, inp.unit, literal)
+    return orthonormal_from_two(gather_slots(inp.unit, e1_idx), gather_slots(inp.unit, r2_idx), has2 & has1)
 
 
 @register_frame
@@ -48,9 +40,7 @@ class MaxFrame(FrameMethod):
         if mode == "average":
             ad2 = inp.a[:, None, :] * inp.d2[:, :, None]
             return _tie_set(self, inp, inp.qk + ad2, inp.qk.abs() + ad2.abs())
-        u = inp.uniform_noise(inp.qk.shape) if mode == "noise" else 0.0
-        s1 = inp.qk + inp.a[:, None, :] * (inp.d2[:, :, None] + u)
-        return _two_axis_frame(inp, s1, lambda cos: s1 + torch.log(torch.clamp(1 - cos.abs(), min=LOG_FLOOR)))
+        return _two_axis_frame(inp, mode == "noise" and inp.noise != 0, use_qk=True)
 
 
 def _tie_set(method: FrameMethod, inp: FrameInput, s1: Tensor, mag1: Tensor, literal_d2: Tensor | None = None):
@@ -89,13 +79,4 @@ class StaticFrame(FrameMethod):
         if mode == "average":
             s1 = inp.a[:, None, :] * inp.d2[:, :, None]
             return _tie_set(self, inp, s1, s1.abs(), inp.d2 if self.literal else None)
-        u = inp.uniform_noise(inp.qk.shape) if mode == "noise" else 0.0
-        d2 = inp.d2[:, :, None] + u
-        s1 = inp.a[:, None, :] * d2
-        if self.literal:
-            def second(cos):
-                return d2 + torch.log(torch.clamp(1 - cos.abs(), min=LOG_FLOOR))
-        else:
-            def second(cos):
-                return s1 + torch.log(torch.clamp(1 - cos.abs(), min=LOG_FLOOR))
-        return _two_axis_frame(inp, s1, second)
+        return _two_axis_frame(inp, mode == "noise" and inp.noise != 0, use_qk=False, literal=self.literal)

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from crystalframer.nn.moments import SlotMoments, use_numba
+from crystalframer.nn.moments import DenseMoments, SlotMoments, use_numba
 
 #: Width of the evaluation window in units of σ on each side (the kernels' CUT_SIGMA).
 CUT_SIGMA = 4.0
@@ -186,21 +186,51 @@ def slot_angle_features(w: Tensor, cos: Tensor, atom: Tensor, n_atoms: int, basi
     """
     if basis.win is not None:
         raise ValueError("the moment expansion is for the full basis; use angle_histogram with windows")
-    S, H, K = cos.shape
+    S = cos.shape[0]
     if S > 1 and bool((atom[1:] < atom[:-1]).any()):  # the moment sums need each atom's slots together
         order = torch.sort(atom, stable=True).indices
         w, cos, atom = w[order], cos[order], atom[order]
     start = torch.zeros(n_atoms + 1, dtype=torch.long, device=atom.device)
     start[1:] = torch.cumsum(torch.bincount(atom, minlength=n_atoms), 0)
     fast = use_numba(cos)
-    P = basis.moment_count(cos.dtype)
-    acc = SlotMoments.apply(w, cos, start, basis.bins, P, fast)
-    A = basis.moment_matrix(cos.device, cos.dtype)  # [j, p, d]
-    C = proj.shape[2]
-    if fast:  # acc (H, N, K, D, P): one matrix product per head
+    acc = SlotMoments.apply(w, cos, start, basis.bins, basis.moment_count(cos.dtype), fast)
+    return _project_moments(acc, fast, basis, proj)
+
+
+def dense_angle_features(w: Tensor, unit: Tensor, axes: Tensor, has_dir: Tensor, floor: float,
+                         basis: AngleBasis, proj: Tensor) -> Tensor:
+    """:func:`slot_angle_features` of padded slots with one frame per (atom, head), without a flat slot
+    list: the Numba kernel forms the cosines e_k · r̂ itself (CPU, w differentiable only; see
+    :func:`dense_angle_features_apply` for when it is used).
+
+    Args:
+        w: (N, M, H) attention weights; unit: (N, M, 3) directions r̂; axes: (N, H, K, 3) frame axes;
+        has_dir: (N, M) slots with a direction; slots with w <= ``floor`` for every head are left out.
+    Returns:
+        (N, H, C).
+    """
+    if basis.win is not None:
+        raise ValueError("the moment expansion is for the full basis; use angle_histogram with windows")
+    acc = DenseMoments.apply(w, unit, axes, has_dir, floor, basis.bins, basis.moment_count(w.dtype))
+    return _project_moments(acc, True, basis, proj)
+
+
+def dense_angle_features_apply(w: Tensor, unit: Tensor, axes: Tensor) -> bool:
+    """Whether :func:`dense_angle_features` serves these inputs: the Numba kernel is on for them and
+    neither the directions nor the axes need gradients."""
+    return use_numba(w) and unit.dtype == w.dtype and not (unit.requires_grad or axes.requires_grad)
+
+
+def _project_moments(acc: Tensor, fast: bool, basis: AngleBasis, proj: Tensor) -> Tensor:
+    """Moments (H, N, K, D, P) if ``fast`` else (P, H, N, K, D) → Σ_k W_k,h b̄ (N, H, C)."""
+    A = basis.moment_matrix(acc.device, acc.dtype)  # [j, p, d]
+    H, C = proj.shape[1], proj.shape[2]
+    if fast:  # one matrix product per head
+        n_atoms = acc.shape[1]
         weights = torch.einsum("jpd,khcd->hkjpc", A, proj).reshape(H, -1, C)
         out = torch.bmm(acc.view(H, n_atoms, -1), weights)
-    else:  # acc (P, H, N, K, D): one per (power, head)
+    else:  # one per (power, head)
+        P, n_atoms = acc.shape[0], acc.shape[2]
         weights = torch.einsum("jpd,khcd->phkjc", A, proj).reshape(P * H, -1, C)
         out = torch.bmm(acc.view(P * H, n_atoms, -1), weights).view(P, H, n_atoms, C).sum(0)
     if out.requires_grad:  # the caller's gradient arrives as an (N, H, C) tensor: bmm wants it head-major

@@ -14,36 +14,49 @@ implementations of one autograd function:
   in parallel on torch's thread count. It is 4–5× faster than the scatter path on CPU.
 - ``index_add_`` scatters in PyTorch (any device; the reference for the kernel in the tests).
 
-Set the environment variable ``CRYSTALFRAMER_NUMBA=0`` to force the PyTorch path.
+Set the environment variable ``CRYSTALFRAMER_NUMBA=0`` to force the PyTorch path
+(:mod:`crystalframer.numba_support`).
 """
 
 from __future__ import annotations
-
-import os
-import threading
 
 import numpy as np
 import torch
 from torch import Tensor
 
-try:  # optional: the fast CPU kernel
-    import numba
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - exercised where numba is absent
-    numba = None
-
-_LOCK = threading.Lock()  # numba's workqueue threading layer must not be entered from two threads at once
-
-
-def numba_enabled() -> bool:
-    """Whether the Numba kernel serves CPU tensors (installed and not disabled by CRYSTALFRAMER_NUMBA=0)."""
-    return numba is not None and os.environ.get("CRYSTALFRAMER_NUMBA", "1") != "0"
-
+from crystalframer.numba_support import njit, np_scalar, numba, prange, run_kernel, use_numba  # noqa: F401
 
 if numba is not None:
 
     # Scalars arrive in the arrays' dtype (scale = (D − 1)/2, half = ½, top = D − 1) so that float32 data
     # is computed in float32: numba promotes float32 op int to float64.
+    @njit(inline="always")
+    def _nearest(c, scale, half, top):  # pragma: no cover - jitted
+        """Nearest centre j and offset u of cosine c; NaN (never valid input) goes to centre 0."""
+        x = c * scale + scale
+        jf = np.floor(x + half)
+        if not jf >= 0:
+            jf = half - half
+        if jf > top:
+            jf = top
+        return int(jf), x - jf
+
+    @njit(inline="always")
+    def _accumulate(a, t, u, n_pow):  # pragma: no cover - jitted
+        for p in range(n_pow):
+            a[p] += t
+            t *= u
+
+    @njit(inline="always")
+    def _horner(g, u, n_pow):  # pragma: no cover - jitted
+        """Σ_p g_p u^p and Σ_p p g_p u^(p−1)."""
+        poly = g[n_pow - 1]
+        dpoly = poly - poly
+        for p in range(n_pow - 2, -1, -1):
+            dpoly = dpoly * u + poly
+            poly = poly * u + g[p]
+        return poly, dpoly
+
     @njit(parallel=True, cache=True)
     def _forward_kernel(weight, cos, start, scale, half, top, n_pow, acc):  # pragma: no cover - jitted
         # weight (S, H), cos (S, H, K), start (R + 1,) slot offsets of the rows, acc (H, R, K, D, P)
@@ -54,20 +67,9 @@ if numba is not None:
                 a = acc[h, r]
                 a[...] = 0
                 for s in range(start[r], start[r + 1]):
-                    t0 = weight[s, h]
                     for k in range(K):
-                        x = cos[s, h, k] * scale + scale
-                        jf = np.floor(x + half)  # nearest centre; NaN (never valid input) goes to 0
-                        if not jf >= 0:
-                            jf = half - half
-                        if jf > top:
-                            jf = top
-                        u = x - jf
-                        j = int(jf)
-                        t = t0
-                        for p in range(n_pow):
-                            a[k, j, p] += t
-                            t *= u
+                        j, u = _nearest(cos[s, h, k], scale, half, top)
+                        _accumulate(a[k, j], weight[s, h], u, n_pow)
         return acc
 
     @njit(parallel=True, cache=True)
@@ -81,40 +83,65 @@ if numba is not None:
                 for s in range(start[r], start[r + 1]):
                     gw = half - half
                     for k in range(K):
-                        x = cos[s, h, k] * scale + scale
-                        jf = np.floor(x + half)
-                        if not jf >= 0:
-                            jf = half - half
-                        if jf > top:
-                            jf = top
-                        u = x - jf
-                        j = int(jf)
-                        poly = g[k, j, n_pow - 1]  # Σ_p g_p u^p and Σ_p p g_p u^(p−1) by Horner
-                        dpoly = half - half
-                        for p in range(n_pow - 2, -1, -1):
-                            dpoly = dpoly * u + poly
-                            poly = poly * u + g[k, j, p]
+                        j, u = _nearest(cos[s, h, k], scale, half, top)
+                        poly, dpoly = _horner(g[k, j], u, n_pow)
                         gw += poly
                         if need_cos:
                             g_cos[s, h, k] = weight[s, h] * dpoly * scale
                     g_weight[s, h] = gw
 
+    @njit(inline="always")
+    def _kept(w, has_dir, n, m, floor):  # pragma: no cover - jitted
+        """Slot (n, m) has a direction and a weight above ``floor`` for some head."""
+        if not has_dir[n, m]:
+            return False
+        for h in range(w.shape[2]):
+            if w[n, m, h] > floor:
+                return True
+        return False
+
+    @njit(inline="always")
+    def _cosine(unit, axes, n, m, h, k):  # pragma: no cover - jitted
+        return unit[n, m, 0] * axes[n, h, k, 0] + unit[n, m, 1] * axes[n, h, k, 1] + unit[n, m, 2] * axes[n, h, k, 2]
+
+    @njit(parallel=True, cache=True)
+    def _dense_forward_kernel(w, unit, axes, has_dir, floor, scale, half, top, n_pow,
+                              acc):  # pragma: no cover - jitted
+        # w (N, M, H), unit (N, M, 3), axes (N, H, K, 3), has_dir (N, M), acc (H, N, K, D, P)
+        N, M, H = w.shape
+        K = axes.shape[2]
+        for n in prange(N):
+            for h in range(H):
+                acc[h, n] = 0
+            for m in range(M):
+                if not _kept(w, has_dir, n, m, floor):
+                    continue
+                for h in range(H):
+                    for k in range(K):
+                        j, u = _nearest(_cosine(unit, axes, n, m, h, k), scale, half, top)
+                        _accumulate(acc[h, n, k, j], w[n, m, h], u, n_pow)
+        return acc
+
+    @njit(parallel=True, cache=True)
+    def _dense_backward_kernel(w, unit, axes, has_dir, floor, scale, half, top, n_pow, grad,
+                               g_w):  # pragma: no cover - jitted
+        N, M, H = w.shape
+        K = axes.shape[2]
+        for n in prange(N):
+            for m in range(M):
+                kept = _kept(w, has_dir, n, m, floor)
+                for h in range(H):
+                    gw = half - half
+                    if kept:
+                        for k in range(K):
+                            j, u = _nearest(_cosine(unit, axes, n, m, h, k), scale, half, top)
+                            gw += _horner(grad[h, n, k, j], u, n_pow)[0]
+                    g_w[n, m, h] = gw
+
 
 def _scalars(bins: int, dtype: torch.dtype) -> tuple:
     """(scale, half, top) of the kernels in the numpy type of ``dtype``."""
-    t = np.float32 if dtype == torch.float32 else np.float64
-    return t((bins - 1) / 2), t(0.5), t(bins - 1)
-
-
-def _run_numba(kernel, *args) -> None:
-    with _LOCK:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        kernel(*args)
-
-
-def use_numba(x: Tensor) -> bool:
-    """Whether :class:`SlotMoments` runs the Numba kernel for tensors like ``x``."""
-    return numba_enabled() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    return np_scalar((bins - 1) / 2, dtype), np_scalar(0.5, dtype), np_scalar(bins - 1, dtype)
 
 
 class SlotMoments(torch.autograd.Function):
@@ -134,7 +161,7 @@ class SlotMoments(torch.autograd.Function):
         ctx.bins, ctx.n_pow, ctx.fast = bins, n_pow, fast
         if fast:
             acc = cos.new_empty(H, R, K, bins, n_pow)
-            _run_numba(_forward_kernel, weight.detach().numpy(), cos.detach().numpy(), start.numpy(),
+            run_kernel(_forward_kernel, weight.detach().numpy(), cos.detach().numpy(), start.numpy(),
                        *_scalars(bins, cos.dtype), n_pow, acc.numpy())
             return acc
         index, u = _scatter_index(cos, start, bins)
@@ -154,7 +181,7 @@ class SlotMoments(torch.autograd.Function):
         need_cos = ctx.needs_input_grad[1]
         if ctx.fast:
             g_weight, g_cos = torch.empty_like(weight), torch.empty_like(cos)
-            _run_numba(_backward_kernel, weight.detach().numpy(), cos.detach().numpy(), start.numpy(),
+            run_kernel(_backward_kernel, weight.detach().numpy(), cos.detach().numpy(), start.numpy(),
                        *_scalars(bins, cos.dtype), P, grad.contiguous().numpy(), need_cos, g_weight.numpy(),
                        g_cos.numpy())
             return g_weight, (g_cos if need_cos else None), None, None, None, None
@@ -172,6 +199,38 @@ class SlotMoments(torch.autograd.Function):
                 dpoly.mul_(u).add_(gp[p], alpha=p)
             g_cos = weight[:, :, None] * dpoly.view(S, H, K) * ((bins - 1) / 2)
         return g_weight, g_cos, None, None, None, None
+
+
+class DenseMoments(torch.autograd.Function):
+    """The moments with one row per atom, straight from the padded slots (Numba only): weight w (N, M, H),
+    unit directions (N, M, 3) and frame axes (N, H, K, 3) whose cosines the kernel forms itself. Slots with
+    ``has_dir`` False or w <= ``floor`` for every head are left out. Returns acc (H, N, K, D, P).
+
+    Differentiable in w only (callers use it when the directions and axes carry no gradient); it never
+    builds the flat slot list, the gathered cosines or their scatter-back in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, unit: Tensor, axes: Tensor, has_dir: Tensor, floor: float, bins: int,
+                n_pow: int) -> Tensor:
+        N, M, H = w.shape
+        w, unit, axes = w.detach().contiguous(), unit.detach().contiguous(), axes.detach().contiguous()
+        has_dir = has_dir.contiguous()
+        ctx.save_for_backward(w, unit, axes, has_dir)
+        ctx.floor, ctx.bins, ctx.n_pow = floor, bins, n_pow
+        acc = w.new_empty(H, N, axes.shape[2], bins, n_pow)
+        run_kernel(_dense_forward_kernel, w.numpy(), unit.numpy(), axes.numpy(), has_dir.numpy(),
+                   np_scalar(floor, w.dtype), *_scalars(bins, w.dtype), n_pow, acc.numpy())
+        return acc
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        w, unit, axes, has_dir = ctx.saved_tensors
+        g_w = torch.empty_like(w)
+        run_kernel(_dense_backward_kernel, w.numpy(), unit.numpy(), axes.numpy(), has_dir.numpy(),
+                   np_scalar(ctx.floor, w.dtype), *_scalars(ctx.bins, w.dtype), ctx.n_pow,
+                   grad.contiguous().numpy(), g_w.numpy())
+        return g_w, None, None, None, None, None, None
 
 
 def _scatter_index(cos: Tensor, start: Tensor, bins: int) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,116 @@
+"""The two-axis frame search of max and static frames (spec §4.1, §4.2), in PyTorch and as a Numba kernel.
+
+Per atom n and head h, with the distance term d = d²_nm (+ u_nmh, the tie-breaking noise in Å²):
+
+    s1 = q·k/√d_h + a_nh d        (max frames; static frames drop q·k),
+    e1 = the candidate slot maximising s1,
+    r2 = the candidate slot with |e1 · r̂| < COLLINEAR maximising  base + log max(1 − |e1 · r̂|, LOG_FLOOR),
+
+with base = s1 (or the bare d for the released static kernel's literal rule); the first maximum wins ties.
+The PyTorch version makes a dozen passes over (N, M, H) tensors; the kernel makes two per (atom, head),
+with no temporaries. They agree exactly where scores are not within rounding of each other; a tie that
+close is broken by rounding, as the noise would break it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from crystalframer.frames.base import gather_slots, masked_argmax
+from crystalframer.numba_support import njit, np_scalar, numba, prange, run_kernel, use_numba
+
+#: Images with |cos| to e1 at or above this are not candidates for the second axis.
+COLLINEAR = 0.9999
+#: Floor of 1 − |cos| inside the log of the second-axis score.
+LOG_FLOOR = 1e-5
+
+
+def two_axis_search(qk: Tensor | None, a: Tensor, d2: Tensor, rnd: Tensor | None, noise: float,
+                    candidate: Tensor, unit: Tensor, literal: bool = False) -> tuple[Tensor, ...]:
+    """Slots of the two axes.
+
+    Args:
+        qk: (N, M, H) q·k/√d_h, or None (static frames); a: (N, H) in Å⁻²; d2: (N, M) squared distances
+        (Å²); rnd: (N, M, H) uniform draws in [0, 1) for the noise u = (rnd − ½)·noise, or None;
+        candidate: (N, M, 1 or H) slots allowed as axes; unit: (N, M, 3) directions;
+        literal: the second score's base is d instead of s1.
+    Returns:
+        e1_idx, has1, r2_idx, has2: (N, H) slot indices and whether any slot was allowed.
+    """
+    if use_numba(unit) and not d2.requires_grad:
+        return _search_numba(qk, a, d2, rnd, noise, candidate, unit, literal)
+    d = d2[:, :, None] + ((rnd - 0.5) * noise if rnd is not None else 0.0)
+    s1 = a[:, None, :] * d
+    if qk is not None:
+        s1 = qk + s1
+    e1_idx, has1 = masked_argmax(s1, candidate)
+    e1 = gather_slots(unit, e1_idx)  # (N, H, 3)
+    cos = torch.einsum("nmc,nhc->nmh", unit, e1)
+    allowed = candidate & (cos.abs() < COLLINEAR)
+    second = (d if literal else s1) + torch.log(torch.clamp(1 - cos.abs(), min=LOG_FLOOR))
+    r2_idx, has2 = masked_argmax(second, allowed)
+    return e1_idx, has1, r2_idx, has2
+
+
+def _search_numba(qk, a, d2, rnd, noise, candidate, unit, literal):
+    N, M, H = a.shape[0], d2.shape[1], a.shape[1]
+    dt = unit.dtype
+    qk_ = (qk if qk is not None else unit.new_empty(0, 0, 0)).detach().to(dt).contiguous()
+    rnd_ = (rnd if rnd is not None else unit.new_empty(0, 0, 0)).to(dt).contiguous()
+    out = [torch.empty(N, H, dtype=torch.long), torch.empty(N, H, dtype=torch.bool),
+           torch.empty(N, H, dtype=torch.long), torch.empty(N, H, dtype=torch.bool)]
+    run_kernel(_search_kernel, qk_.numpy(), a.detach().to(dt).contiguous().numpy(),
+               d2.detach().to(dt).contiguous().numpy(), rnd_.numpy(), np_scalar(noise, dt),
+               candidate.contiguous().numpy(), unit.detach().contiguous().numpy(), literal,
+               np_scalar(COLLINEAR, dt), np_scalar(LOG_FLOOR, dt), np_scalar(0.5, dt), np_scalar(1.0, dt),
+               *(t.numpy() for t in out))
+    return tuple(out)
+
+
+if numba is not None:
+
+    @njit(inline="always")
+    def _distance_term(d2, rnd, noise, half, n, m, h):  # pragma: no cover - jitted
+        if rnd.shape[0] == 0:
+            return d2[n, m]
+        return d2[n, m] + (rnd[n, m, h] - half) * noise
+
+    @njit(parallel=True, cache=True)
+    def _search_kernel(qk, a, d2, rnd, noise, cand, unit, literal, collinear, log_floor, half, one,
+                       e1_idx, has1, r2_idx, has2):  # pragma: no cover - jitted
+        N, M = d2.shape
+        H = a.shape[1]
+        use_qk = qk.shape[0] > 0
+        for n in prange(N):
+            for h in range(H):
+                hc = h if cand.shape[2] > 1 else 0
+                best, bi, found = one - one, 0, False
+                for m in range(M):
+                    if cand[n, m, hc]:
+                        s = a[n, h] * _distance_term(d2, rnd, noise, half, n, m, h)
+                        if use_qk:
+                            s = qk[n, m, h] + s
+                        if not found or s > best:
+                            best, bi, found = s, m, True
+                e1_idx[n, h], has1[n, h] = bi, found
+                e0, e1, e2 = unit[n, bi, 0], unit[n, bi, 1], unit[n, bi, 2]
+                best, bi2, found2 = one - one, 0, False
+                for m in range(M):
+                    if cand[n, m, hc]:
+                        c = abs(unit[n, m, 0] * e0 + unit[n, m, 1] * e1 + unit[n, m, 2] * e2)
+                        if c < collinear:
+                            d = _distance_term(d2, rnd, noise, half, n, m, h)
+                            if literal:
+                                s = d
+                            else:
+                                s = a[n, h] * d
+                                if use_qk:
+                                    s = qk[n, m, h] + s
+                            if found2 and not s > best:  # log(1 − |c|) <= 0 cannot lift it above best
+                                continue
+                            s = s + np.log(max(one - c, log_floor))
+                            if not found2 or s > best:
+                                best, bi2, found2 = s, m, True
+                r2_idx[n, h], has2[n, h] = bi2, found2
