@@ -157,8 +157,10 @@ def machine() -> dict:
     import torch
 
     import crystalframer
+    from crystalframer.numba_support import numba, numba_enabled
 
     return {"python": platform.python_version(), "torch": torch.__version__, "crystalframer": crystalframer.__version__,
+            "numba": numba.__version__ if numba_enabled() else None,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": 2,
             "platform": platform.platform()}
 
@@ -224,7 +226,8 @@ def _fmt(r: dict) -> str:
 def _table(result: dict) -> str:
     m = result["machine"]
     lines = [f"Machine: {m['platform']}, {m['cores']} cores ({m['threads']} threads used), Python {m['python']}, "
-             f"torch {m['torch']}, crystalframer {m['crystalframer']}.", "",
+             f"torch {m['torch']}, crystalframer {m['crystalframer']}, "
+             f"Numba kernels: {m['numba'] or 'off'}.", "",
              "| input | frame | cutoff (Å) | run | atoms | time (s) | peak RSS (MB) | matmul GFLOP | image slots |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
