@@ -7,12 +7,12 @@ import threading
 import pytest
 import torch
 
-from crystalframer.nn import moments
+from crystalframer import numba_support
 from crystalframer.nn.basis import (AngleBasis, angle_histogram, dense_angle_features, dense_angle_features_apply,
                                    slot_angle_features)
 from crystalframer.nn.moments import SlotMoments
 
-needs_numba = pytest.mark.skipif(moments.numba is None, reason="numba is not installed (pip install '.[fast]')")
+needs_numba = pytest.mark.skipif(numba_support.numba is None, reason="numba is not installed (pip install '.[fast]')")
 
 
 def _slots(seed: int, dtype: torch.dtype, S: int = 300, H: int = 3, K: int = 3, R: int = 11):
@@ -60,7 +60,7 @@ def test_features_equal_direct_basis_sums_on_both_paths(monkeypatch):
             ref[i] = torch.einsum("hkd,khcd->hc", hist, proj)
     for flag in ("1", "0"):
         monkeypatch.setenv("CRYSTALFRAMER_NUMBA", flag)
-        assert moments.use_numba(cos) == (flag == "1")
+        assert numba_support.use_numba(cos) == (flag == "1")
         out = slot_angle_features(w, cos, atom, 7, basis, proj)
         assert (out - ref).abs().max() < 1e-8 * ref.abs().max()
 
@@ -133,6 +133,6 @@ def test_dense_path_only_without_direction_gradients():
     slot path."""
     w = torch.rand(2, 3, 2)
     unit, axes = torch.rand(2, 3, 3), torch.rand(2, 2, 3, 3)
-    assert dense_angle_features_apply(w, unit, axes) == moments.use_numba(w)
+    assert dense_angle_features_apply(w, unit, axes) == numba_support.use_numba(w)
     assert not dense_angle_features_apply(w, unit.requires_grad_(), axes)
     assert not dense_angle_features_apply(w, unit.detach(), axes.requires_grad_())

@@ -39,7 +39,7 @@ def two_axis_search(qk: Tensor | None, a: Tensor, d2: Tensor, rnd: Tensor | None
     Returns:
         e1_idx, has1, r2_idx, has2: (N, H) slot indices and whether any slot was allowed.
     """
-    if use_numba(unit) and not d2.requires_grad:
+    if use_numba(unit):
         return _search_numba(qk, a, d2, rnd, noise, candidate, unit, literal)
     d = d2[:, :, None] + ((rnd - 0.5) * noise if rnd is not None else 0.0)
     s1 = a[:, None, :] * d

@@ -13,7 +13,8 @@ import math
 import torch
 from torch import Tensor
 
-from crystalframer.nn.moments import DenseMoments, SlotMoments, use_numba
+from crystalframer.nn.moments import DenseMoments, SlotMoments
+from crystalframer.numba_support import use_numba
 
 #: Width of the evaluation window in units of σ on each side (the kernels' CUT_SIGMA).
 CUT_SIGMA = 4.0

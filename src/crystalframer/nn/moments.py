@@ -1,4 +1,4 @@
-"""Moment sums of the angular basis over flat lists of image slots: the hot loop of the frame models.
+"""Moment sums of the angular basis over image slots: the hot loop of the frame models.
 
 For slots s (grouped by their row r, e.g. the atom they belong to), heads h and frame axes k, with
 x = (c_shk + 1)/ι the position of the cosine in units of the centre spacing, j = ⌊x + ½⌋ its nearest centre
@@ -6,13 +6,15 @@ and u = x − j ∈ [−½, ½]:
 
     acc[h, r, k, j, p] = Σ_(s in row r, nearest centre j) ω_sh u^p,        p < P
 
-(see :class:`crystalframer.nn.basis.AngleBasis` for why these moments give the basis sums). Two
-implementations of one autograd function:
+(see :class:`crystalframer.nn.basis.AngleBasis` for why these moments give the basis sums).
 
-- a Numba kernel (CPU, used when ``numba`` is installed: ``pip install "crystalframer[fast]"``), which
-  computes every (slot, head, axis) element once, keeps each row's accumulator in cache and runs the rows
-  in parallel on torch's thread count. It is 4–5× faster than the scatter path on CPU.
-- ``index_add_`` scatters in PyTorch (any device; the reference for the kernel in the tests).
+- :class:`SlotMoments` takes a flat list of slots with their cosines, with two implementations: a Numba
+  kernel (CPU, used when ``numba`` is installed: ``pip install "crystalframer[fast]"``) that computes every
+  (slot, head, axis) element once, keeps each row's accumulator in cache and runs the rows in parallel on
+  torch's thread count (4–5× faster than the scatters on CPU), and ``index_add_`` scatters in PyTorch (any
+  device; the reference for the kernels in the tests).
+- :class:`DenseMoments` (Numba only) takes the padded (atom, slot) layout of the attention with the
+  directions and frame axes and forms the cosines itself, so no flat slot list is built.
 
 Set the environment variable ``CRYSTALFRAMER_NUMBA=0`` to force the PyTorch path
 (:mod:`crystalframer.numba_support`).
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crystalframer.numba_support import njit, np_scalar, numba, prange, run_kernel, use_numba  # noqa: F401
+from crystalframer.numba_support import njit, np_scalar, numba, prange, run_kernel
 
 if numba is not None:
 
@@ -102,7 +104,8 @@ if numba is not None:
 
     @njit(inline="always")
     def _cosine(unit, axes, n, m, h, k):  # pragma: no cover - jitted
-        return unit[n, m, 0] * axes[n, h, k, 0] + unit[n, m, 1] * axes[n, h, k, 1] + unit[n, m, 2] * axes[n, h, k, 2]
+        return (unit[n, m, 0] * axes[n, h, k, 0] + unit[n, m, 1] * axes[n, h, k, 1]
+                + unit[n, m, 2] * axes[n, h, k, 2])
 
     @njit(parallel=True, cache=True)
     def _dense_forward_kernel(w, unit, axes, has_dir, floor, scale, half, top, n_pow,
