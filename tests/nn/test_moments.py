@@ -9,7 +9,7 @@ import torch
 
 from crystalframer import numba_support
 from crystalframer.nn.basis import (AngleBasis, angle_histogram, dense_angle_features, dense_angle_features_apply,
-                                   slot_angle_features)
+                                   direction_angle_features, slot_angle_features)
 from crystalframer.nn.moments import SlotMoments
 
 needs_numba = pytest.mark.skipif(numba_support.numba is None, reason="numba is not installed (pip install '.[fast]')")
@@ -136,3 +136,31 @@ def test_dense_path_only_without_direction_gradients():
     assert dense_angle_features_apply(w, unit, axes) == numba_support.use_numba(w)
     assert not dense_angle_features_apply(w, unit.requires_grad_(), axes)
     assert not dense_angle_features_apply(w, unit.detach(), axes.requires_grad_())
+
+
+@needs_numba
+def test_direction_kernel_equals_direct_sums_and_gradcheck():
+    """Frame-set entries (atom, head, axis, direction, weight): the kernel equals direct Gaussian sums, rows
+    without entries stay 0, and the weight gradient passes gradcheck (including slots with w = 0)."""
+    g = torch.Generator().manual_seed(8)
+    N, H, M, C = 3, 2, 7, 4
+    w = torch.rand(N, H, M, generator=g, dtype=torch.float64)
+    w[:, :, -2:] = 0.0
+    unit = torch.nn.functional.normalize(torch.randn(N, M, 3, generator=g, dtype=torch.float64), dim=-1)
+    row = torch.tensor([0, 0, 0, 1, 3, 3, 4])  # (atom, head) rows n·H + h; rows 2 and 5 have none
+    axis = torch.tensor([0, 0, 2, 1, 0, 1, 2])
+    sdir = torch.nn.functional.normalize(torch.randn(7, 3, generator=g, dtype=torch.float64), dim=-1)
+    coef = torch.rand(7, generator=g, dtype=torch.float64)
+    basis = AngleBasis(16, 1.0)
+    proj = torch.randn(3, H, C, 16, generator=g, dtype=torch.float64)
+    out = direction_angle_features(w, unit, row, axis, sdir, coef, basis, proj)
+    ref = torch.zeros(N * H, C, dtype=torch.float64)
+    for e in range(7):
+        n, h = divmod(int(row[e]), H)
+        hist = (w[n, h, :, None] * basis.values(unit[n] @ sdir[e])).sum(0)
+        ref[row[e]] += coef[e] * proj[axis[e], h] @ hist
+    assert (out.reshape(N * H, C) - ref).abs().max() < 1e-8 * ref.abs().max()
+    assert out.reshape(N * H, C)[[2, 5]].abs().max() == 0
+    wr = w.clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x: direction_angle_features(x, unit, row, axis, sdir, coef, basis, proj), (wr,))

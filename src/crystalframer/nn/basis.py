@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from crystalframer.nn.moments import DenseMoments, SlotMoments
+from crystalframer.nn.moments import DenseMoments, DirectionMoments, SlotMoments
 from crystalframer.numba_support import use_numba
 
 #: Width of the evaluation window in units of σ on each side (the kernels' CUT_SIGMA).
@@ -220,6 +220,33 @@ def dense_angle_features_apply(w: Tensor, unit: Tensor, axes: Tensor) -> bool:
     """Whether :func:`dense_angle_features` serves these inputs: the Numba kernel is on for them and
     neither the directions nor the axes need gradients."""
     return use_numba(w) and unit.dtype == w.dtype and not (unit.requires_grad or axes.requires_grad)
+
+
+def direction_angle_features(w: Tensor, unit: Tensor, row: Tensor, axis: Tensor, sdir: Tensor, coef: Tensor,
+                             basis: AngleBasis, proj: Tensor) -> Tensor:
+    """Angular features of weighted frame sets from their distinct axis directions (Numba, CPU):
+    out[n, h] = Σ_(entries e of (n, h)) coef_e Σ_c W_(axis_e),h Σ_m w[n, h, m] b(sdir_e · r̂_nm).
+
+    Args:
+        w: (N, H, M) slot weights (0 for slots without a direction); unit: (N, M, 3) directions r̂;
+        row: (E,) n·H + h of each entry, non-decreasing; axis: (E,) its frame axis; sdir: (E, 3) its
+        direction; coef: (E,) its weight (the frame weights).
+    Returns:
+        (N, H, C); differentiable in w (see :func:`direction_angle_features_apply`).
+    """
+    N, H, _ = w.shape
+    start = torch.zeros(N * H + 1, dtype=torch.long, device=w.device)
+    start[1:] = torch.cumsum(torch.bincount(row, minlength=N * H), 0)
+    acc = DirectionMoments.apply(w, unit, start, axis, sdir.to(w.dtype), coef.to(w.dtype), basis.bins,
+                                 basis.moment_count(w.dtype))
+    return _project_moments(acc, True, basis, proj)
+
+
+def direction_angle_features_apply(basis, w: Tensor, *others: Tensor) -> bool:
+    """Whether :func:`direction_angle_features` serves these inputs: the full (unwindowed) basis, the Numba
+    kernel on for ``w``, and no gradient needed for the directions or weights in ``others``."""
+    return (isinstance(basis, AngleBasis) and basis.win is None and use_numba(w)
+            and not any(t.requires_grad for t in others))
 
 
 def _project_moments(acc: Tensor, fast: bool, basis: AngleBasis, proj: Tensor) -> Tensor:

@@ -15,6 +15,8 @@ and u = x − j ∈ [−½, ½]:
   device; the reference for the kernels in the tests).
 - :class:`DenseMoments` (Numba only) takes the padded (atom, slot) layout of the attention with the
   directions and frame axes and forms the cosines itself, so no flat slot list is built.
+- :class:`DirectionMoments` (Numba only) does the same for weighted sets of frames (tie averaging), one entry
+  per (atom, head, axis, distinct direction).
 
 Set the environment variable ``CRYSTALFRAMER_NUMBA=0`` to force the PyTorch path
 (:mod:`crystalframer.numba_support`).
@@ -141,6 +143,42 @@ if numba is not None:
                             gw += _horner(grad[h, n, k, j], u, n_pow)[0]
                     g_w[n, m, h] = gw
 
+    @njit(parallel=True, cache=True)
+    def _direction_forward_kernel(w, unit, start, axis, sdir, coef, scale, half, top, n_pow,
+                                  acc):  # pragma: no cover - jitted
+        # w (N, H, M), unit (N, M, 3), start (N·H + 1,) entry offsets per (atom, head), axis (E,), sdir (E, 3),
+        # coef (E,), acc (H, N, 3, D, P)
+        N, H, M = w.shape
+        for r in prange(N * H):
+            n = r // H
+            h = r - n * H
+            acc[h, n] = 0
+            for e in range(start[r], start[r + 1]):
+                a = acc[h, n, axis[e]]
+                for m in range(M):
+                    wt = w[n, h, m]
+                    if wt == 0:
+                        continue
+                    c = unit[n, m, 0] * sdir[e, 0] + unit[n, m, 1] * sdir[e, 1] + unit[n, m, 2] * sdir[e, 2]
+                    j, u = _nearest(c, scale, half, top)
+                    _accumulate(a[j], coef[e] * wt, u, n_pow)
+        return acc
+
+    @njit(parallel=True, cache=True)
+    def _direction_backward_kernel(w, unit, start, axis, sdir, coef, scale, half, top, n_pow, grad,
+                                   g_w):  # pragma: no cover - jitted
+        N, H, M = w.shape
+        for r in prange(N * H):
+            n = r // H
+            h = r - n * H
+            g_w[n, h] = 0
+            for e in range(start[r], start[r + 1]):
+                g = grad[h, n, axis[e]]
+                for m in range(M):  # every slot: the derivative does not vanish where w does
+                    c = unit[n, m, 0] * sdir[e, 0] + unit[n, m, 1] * sdir[e, 1] + unit[n, m, 2] * sdir[e, 2]
+                    j, u = _nearest(c, scale, half, top)
+                    g_w[n, h, m] += coef[e] * _horner(g[j], u, n_pow)[0]
+
 
 def _scalars(bins: int, dtype: torch.dtype) -> tuple:
     """(scale, half, top) of the kernels in the numpy type of ``dtype``."""
@@ -234,6 +272,34 @@ class DenseMoments(torch.autograd.Function):
                    np_scalar(ctx.floor, w.dtype), *_scalars(ctx.bins, w.dtype), ctx.n_pow,
                    grad.contiguous().numpy(), g_w.numpy())
         return g_w, None, None, None, None, None, None
+
+
+class DirectionMoments(torch.autograd.Function):
+    """The moments of weighted sets of frames (Numba only): rows are (atom, head, axis); entry e adds
+    coef_e · w[n, h, m] for the cosines of atom n's slots with its direction sdir_e to row (n, h, axis_e).
+    ``start`` (N·H + 1,) holds the entry offsets of each (atom, head) = n·H + h (entries sorted by it).
+    Returns acc (H, N, 3, D, P); differentiable in w only.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, unit: Tensor, start: Tensor, axis: Tensor, sdir: Tensor, coef: Tensor, bins: int,
+                n_pow: int) -> Tensor:
+        N, H, _ = w.shape
+        args = [t.detach().contiguous() for t in (w, unit, start, axis, sdir, coef)]
+        ctx.save_for_backward(*args)
+        ctx.bins, ctx.n_pow = bins, n_pow
+        acc = w.new_empty(H, N, 3, bins, n_pow)
+        run_kernel(_direction_forward_kernel, *(t.numpy() for t in args), *_scalars(bins, w.dtype), n_pow,
+                   acc.numpy())
+        return acc
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        args = ctx.saved_tensors
+        g_w = torch.empty_like(args[0])
+        run_kernel(_direction_backward_kernel, *(t.numpy() for t in args), *_scalars(ctx.bins, g_w.dtype),
+                   ctx.n_pow, grad.contiguous().numpy(), g_w.numpy())
+        return g_w, None, None, None, None, None, None, None
 
 
 def _scatter_index(cos: Tensor, start: Tensor, bins: int) -> tuple[Tensor, Tensor]:
