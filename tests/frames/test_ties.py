@@ -253,20 +253,26 @@ def test_global_frames_are_deterministic_and_rotation_invariant_under_average(fr
 
 # -- the angular features of a frame set ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("window", [False, True])
-def test_set_features_equal_the_dense_average_over_frames(window, symmetric):
-    """The per-direction evaluation equals Σ_t π_t features(F_t) computed frame by frame (float64)."""
+def _tie_set_inputs(structure):
+    """The first layer's attention and its tie-set inputs on ``structure`` (float64, eval): attention, slot
+    weights (N, H, M) with directionless slots zeroed, directions, frame sets and their weights."""
     m = _model("max", layers=1, tie_cap=256).double()
     captured = {}
     attn = m.layers[0].attn
     orig = attn._angle_psi
     attn._angle_psi = lambda *a: captured.setdefault("args", a) and orig(*a)
     with torch.no_grad():
-        m(collate([to_crystal(symmetric["SrTiO3"])], dtype=torch.float64))
+        m(collate([to_crystal(structure)], dtype=torch.float64))
     w, unit, frames, frame_w, has_dir = captured["args"]
     assert frames.shape[2] > 1
+    return attn, (w * has_dir[:, :, None]).transpose(1, 2).contiguous(), unit, frames, frame_w
+
+
+@pytest.mark.parametrize("window", [False, True])
+def test_set_features_equal_the_dense_average_over_frames(window, symmetric):
+    """The per-direction evaluation equals Σ_t π_t features(F_t) computed frame by frame (float64)."""
+    attn, ww, unit, frames, frame_w = _tie_set_inputs(symmetric["SrTiO3"])
     basis = AngleBasis(window=window)
-    ww = (w * has_dir[:, :, None]).transpose(1, 2).contiguous()
     with torch.no_grad():
         got = frame_set_angle_psi(ww, unit, frames, frame_w, basis, attn.angle_proj)
         cos = torch.einsum("nmc,nhtkc->nhmtk", unit, frames)
@@ -284,16 +290,7 @@ def test_set_features_equal_the_dense_average_over_frames(window, symmetric):
 def test_set_kernel_equals_the_pytorch_path_with_gradients(monkeypatch, name):
     """The Numba kernel of weighted frame sets (every (atom, head, axis, direction) entry in one pass) gives
     the features and weight gradients of the PyTorch per-direction path (float64)."""
-    m = _model("max", layers=1, tie_cap=256).double()
-    captured = {}
-    attn = m.layers[0].attn
-    orig = attn._angle_psi
-    attn._angle_psi = lambda *a: captured.setdefault("args", a) and orig(*a)
-    with torch.no_grad():
-        m(collate([to_crystal(_symmetric_cells()[name])], dtype=torch.float64))
-    w, unit, frames, frame_w, has_dir = captured["args"]
-    assert frames.shape[2] > 1
-    ww = (w * has_dir[:, :, None]).transpose(1, 2).contiguous()
+    attn, ww, unit, frames, frame_w = _tie_set_inputs(_symmetric_cells()[name])
     gout = torch.randn(ww.shape[0], ww.shape[1], attn.head_dim, dtype=torch.float64,
                        generator=torch.Generator().manual_seed(2))
     res = []

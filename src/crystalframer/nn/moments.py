@@ -105,9 +105,9 @@ if numba is not None:
         return False
 
     @njit(inline="always")
-    def _cosine(unit, axes, n, m, h, k):  # pragma: no cover - jitted
-        return (unit[n, m, 0] * axes[n, h, k, 0] + unit[n, m, 1] * axes[n, h, k, 1]
-                + unit[n, m, 2] * axes[n, h, k, 2])
+    def _dot(unit, n, m, v):  # pragma: no cover - jitted
+        """r̂_nm · v for a 3-vector v."""
+        return unit[n, m, 0] * v[0] + unit[n, m, 1] * v[1] + unit[n, m, 2] * v[2]
 
     @njit(parallel=True, cache=True)
     def _dense_forward_kernel(w, unit, axes, has_dir, floor, scale, half, top, n_pow,
@@ -123,7 +123,7 @@ if numba is not None:
                     continue
                 for h in range(H):
                     for k in range(K):
-                        j, u = _nearest(_cosine(unit, axes, n, m, h, k), scale, half, top)
+                        j, u = _nearest(_dot(unit, n, m, axes[n, h, k]), scale, half, top)
                         _accumulate(acc[h, n, k, j], w[n, m, h], u, n_pow)
         return acc
 
@@ -139,7 +139,7 @@ if numba is not None:
                     gw = half - half
                     if kept:
                         for k in range(K):
-                            j, u = _nearest(_cosine(unit, axes, n, m, h, k), scale, half, top)
+                            j, u = _nearest(_dot(unit, n, m, axes[n, h, k]), scale, half, top)
                             gw += _horner(grad[h, n, k, j], u, n_pow)[0]
                     g_w[n, m, h] = gw
 
@@ -159,8 +159,7 @@ if numba is not None:
                     wt = w[n, h, m]
                     if wt == 0:
                         continue
-                    c = unit[n, m, 0] * sdir[e, 0] + unit[n, m, 1] * sdir[e, 1] + unit[n, m, 2] * sdir[e, 2]
-                    j, u = _nearest(c, scale, half, top)
+                    j, u = _nearest(_dot(unit, n, m, sdir[e]), scale, half, top)
                     _accumulate(a[j], coef[e] * wt, u, n_pow)
         return acc
 
@@ -175,8 +174,7 @@ if numba is not None:
             for e in range(start[r], start[r + 1]):
                 g = grad[h, n, axis[e]]
                 for m in range(M):  # every slot: the derivative does not vanish where w does
-                    c = unit[n, m, 0] * sdir[e, 0] + unit[n, m, 1] * sdir[e, 1] + unit[n, m, 2] * sdir[e, 2]
-                    j, u = _nearest(c, scale, half, top)
+                    j, u = _nearest(_dot(unit, n, m, sdir[e]), scale, half, top)
                     g_w[n, h, m] += coef[e] * _horner(g[j], u, n_pow)[0]
 
 
