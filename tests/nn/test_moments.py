@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from crystalframer import numba_support
-from crystalframer.nn.basis import (AngleBasis, angle_histogram, dense_angle_features, dense_angle_features_apply,
+from crystalframer.nn.basis import (AngleBasis, angle_histogram, dense_angle_features, moment_kernel_applies,
                                    direction_angle_features, slot_angle_features)
 from crystalframer.nn.moments import SlotMoments
 
@@ -128,14 +128,17 @@ def test_dense_kernel_equals_slot_path_with_gradients(dtype, tol):
     assert g_dense[~keep].abs().max() == 0
 
 
-def test_dense_path_only_without_direction_gradients():
-    """The dense kernel gives no gradient to directions or axes: forces and differentiable frames keep the
-    slot path."""
+def test_kernels_only_without_direction_gradients():
+    """The moment kernels give no gradient to directions, axes or frame weights: forces, differentiable
+    frames, windowed bases and mixed dtypes keep the PyTorch paths."""
     w = torch.rand(2, 3, 2)
     unit, axes = torch.rand(2, 3, 3), torch.rand(2, 2, 3, 3)
-    assert dense_angle_features_apply(w, unit, axes) == numba_support.use_numba(w)
-    assert not dense_angle_features_apply(w, unit.requires_grad_(), axes)
-    assert not dense_angle_features_apply(w, unit.detach(), axes.requires_grad_())
+    basis = AngleBasis()
+    assert moment_kernel_applies(basis, w, unit, axes) == numba_support.use_numba(w)
+    assert not moment_kernel_applies(basis, w, unit.requires_grad_(), axes)
+    assert not moment_kernel_applies(basis, w, unit.detach(), axes.requires_grad_())
+    assert not moment_kernel_applies(AngleBasis(window=True), w, unit.detach(), axes.detach())
+    assert not moment_kernel_applies(basis, w, unit.detach().double(), axes.detach())
 
 
 @needs_numba

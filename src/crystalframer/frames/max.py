@@ -10,8 +10,10 @@ from crystalframer.frames.search import COLLINEAR, LOG_FLOOR, two_axis_search
 from crystalframer.frames.ties import two_axis_frame_set
 
 
-def _two_axis_frame(inp: FrameInput, noisy: bool, use_qk: bool, literal: bool = False) -> Tensor:
-    """e1 = slot maximising s1, r2 = the best non-collinear slot (see :mod:`.search`) → (N, H, 3, 3)."""
+def _two_axis_frame(inp: FrameInput, mode: str, use_qk: bool, literal: bool = False) -> Tensor:
+    """e1 = slot maximising s1, r2 = the best non-collinear slot (see :mod:`.search`) → (N, H, 3, 3); the
+    published noise in ``mode`` "noise" (drawn as in :meth:`FrameInput.uniform_noise`)."""
+    noisy = mode == "noise" and inp.noise != 0
     rnd = torch.rand(inp.qk.shape, dtype=inp.unit.dtype, device=inp.unit.device) if noisy else None
     e1_idx, has1, r2_idx, has2 = two_axis_search(inp.qk if use_qk else None, inp.a, inp.d2, rnd, inp.noise,
                                                  inp.candidate, inp.unit, literal)
@@ -40,7 +42,7 @@ class MaxFrame(FrameMethod):
         if mode == "average":
             ad2 = inp.a[:, None, :] * inp.d2[:, :, None]
             return _tie_set(self, inp, inp.qk + ad2, inp.qk.abs() + ad2.abs())
-        return _two_axis_frame(inp, mode == "noise" and inp.noise != 0, use_qk=True)
+        return _two_axis_frame(inp, mode, use_qk=True)
 
 
 def _tie_set(method: FrameMethod, inp: FrameInput, s1: Tensor, mag1: Tensor, literal_d2: Tensor | None = None):
@@ -79,4 +81,4 @@ class StaticFrame(FrameMethod):
         if mode == "average":
             s1 = inp.a[:, None, :] * inp.d2[:, :, None]
             return _tie_set(self, inp, s1, s1.abs(), inp.d2 if self.literal else None)
-        return _two_axis_frame(inp, mode == "noise" and inp.noise != 0, use_qk=False, literal=self.literal)
+        return _two_axis_frame(inp, mode, use_qk=False, literal=self.literal)

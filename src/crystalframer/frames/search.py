@@ -55,7 +55,7 @@ def two_axis_search(qk: Tensor | None, a: Tensor, d2: Tensor, rnd: Tensor | None
 
 
 def _search_numba(qk, a, d2, rnd, noise, candidate, unit, literal):
-    N, M, H = a.shape[0], d2.shape[1], a.shape[1]
+    N, H = a.shape
     dt = unit.dtype
     qk_ = (qk if qk is not None else unit.new_empty(0, 0, 0)).detach().to(dt).contiguous()
     rnd_ = (rnd if rnd is not None else unit.new_empty(0, 0, 0)).to(dt).contiguous()

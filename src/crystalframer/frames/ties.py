@@ -63,7 +63,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from crystalframer.nn.basis import direction_angle_features, direction_angle_features_apply, row_angle_features
+from crystalframer.nn.basis import direction_angle_features, moment_kernel_applies, row_angle_features
 
 TIE_MODES = ("auto", "average", "noise", "first")
 #: absolute and relative score tolerances (see module docstring)
@@ -642,7 +642,7 @@ def frame_set_angle_psi(w: Tensor, unit: Tensor, frames: Tensor, frame_w: Tensor
     c_u = torch.zeros(uk.shape[0], dtype=coef.dtype, device=dev).index_add(0, kinv, coef)
     with torch.no_grad():
         t_u, g_u, f_u = uk // (2 * A), (uk // 2) % A, uk % 2
-    if direction_angle_features_apply(basis, w, unit, dirs, c_u):  # every entry in one kernel, no split
+    if moment_kernel_applies(basis, w, unit, dirs, c_u):  # every entry in one kernel, no split
         sdir = torch.where(f_u[:, None].bool(), -dirs[g_u], dirs[g_u])  # hist(−v) = hist(v) reversed
         return direction_angle_features(w, unit, t_u // 3, t_u % 3, sdir, c_u, basis, proj)
     with torch.no_grad():

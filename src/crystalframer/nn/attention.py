@@ -26,7 +26,7 @@ from crystalframer.frames.base import FrameInput, FrameMethod
 from crystalframer.frames.ties import frame_set_angle_psi
 from crystalframer.geometry.images import Images, box_images, official_box_radius
 from crystalframer.nn.basis import (AngleBasis, DistanceBasis, angle_histogram, dense_angle_features,
-                                   dense_angle_features_apply, slot_angle_features)
+                                   moment_kernel_applies, slot_angle_features)
 
 #: σ-normalisation pair used by an uncalibrated model in eval mode: the middle of the values the
 #: published models calibrate to (scale 22..32, shift ≈ ±0.01, spec §12 item 10).
@@ -219,7 +219,7 @@ class DistanceDecayAttention(nn.Module):
         published box most slots are far images with such weights.
         """
         N, H, T = frames.shape[:3]
-        if T == 1 and self.angle_basis.win is None and dense_angle_features_apply(w, unit, frames):
+        if T == 1 and moment_kernel_applies(self.angle_basis, w, unit, frames):
             return dense_angle_features(w, unit, frames[:, :, 0], has_dir, WEIGHT_FLOOR, self.angle_basis,
                                         self.angle_proj)
         keep = has_dir & (w.detach().amax(-1) > WEIGHT_FLOOR)  # (N, M)

@@ -185,8 +185,7 @@ def slot_angle_features(w: Tensor, cos: Tensor, atom: Tensor, n_atoms: int, basi
     Returns:
         (n_atoms, H, C); differentiable in w, cos and proj.
     """
-    if basis.win is not None:
-        raise ValueError("the moment expansion is for the full basis; use angle_histogram with windows")
+    _require_full_basis(basis)
     S = cos.shape[0]
     if S > 1 and bool((atom[1:] < atom[:-1]).any()):  # the moment sums need each atom's slots together
         order = torch.sort(atom, stable=True).indices
@@ -202,7 +201,7 @@ def dense_angle_features(w: Tensor, unit: Tensor, axes: Tensor, has_dir: Tensor,
                          basis: AngleBasis, proj: Tensor) -> Tensor:
     """:func:`slot_angle_features` of padded slots with one frame per (atom, head), without a flat slot
     list: the Numba kernel forms the cosines e_k · r̂ itself (CPU, w differentiable only; see
-    :func:`dense_angle_features_apply` for when it is used).
+    :func:`moment_kernel_applies` for when it is used).
 
     Args:
         w: (N, M, H) attention weights; unit: (N, M, 3) directions r̂; axes: (N, H, K, 3) frame axes;
@@ -210,16 +209,9 @@ def dense_angle_features(w: Tensor, unit: Tensor, axes: Tensor, has_dir: Tensor,
     Returns:
         (N, H, C).
     """
-    if basis.win is not None:
-        raise ValueError("the moment expansion is for the full basis; use angle_histogram with windows")
+    _require_full_basis(basis)
     acc = DenseMoments.apply(w, unit, axes, has_dir, floor, basis.bins, basis.moment_count(w.dtype))
     return _project_moments(acc, True, basis, proj)
-
-
-def dense_angle_features_apply(w: Tensor, unit: Tensor, axes: Tensor) -> bool:
-    """Whether :func:`dense_angle_features` serves these inputs: the Numba kernel is on for them and
-    neither the directions nor the axes need gradients."""
-    return use_numba(w) and unit.dtype == w.dtype and not (unit.requires_grad or axes.requires_grad)
 
 
 def direction_angle_features(w: Tensor, unit: Tensor, row: Tensor, axis: Tensor, sdir: Tensor, coef: Tensor,
@@ -232,8 +224,9 @@ def direction_angle_features(w: Tensor, unit: Tensor, row: Tensor, axis: Tensor,
         row: (E,) n·H + h of each entry, non-decreasing; axis: (E,) its frame axis; sdir: (E, 3) its
         direction; coef: (E,) its weight (the frame weights).
     Returns:
-        (N, H, C); differentiable in w (see :func:`direction_angle_features_apply`).
+        (N, H, C); differentiable in w (see :func:`moment_kernel_applies`).
     """
+    _require_full_basis(basis)
     N, H, _ = w.shape
     start = torch.zeros(N * H + 1, dtype=torch.long, device=w.device)
     start[1:] = torch.cumsum(torch.bincount(row, minlength=N * H), 0)
@@ -242,11 +235,18 @@ def direction_angle_features(w: Tensor, unit: Tensor, row: Tensor, axis: Tensor,
     return _project_moments(acc, True, basis, proj)
 
 
-def direction_angle_features_apply(basis, w: Tensor, *others: Tensor) -> bool:
-    """Whether :func:`direction_angle_features` serves these inputs: the full (unwindowed) basis, the Numba
-    kernel on for ``w``, and no gradient needed for the directions or weights in ``others``."""
+def moment_kernel_applies(basis, w: Tensor, *inputs: Tensor) -> bool:
+    """Whether the Numba moment kernels (:func:`dense_angle_features`, :func:`direction_angle_features`) serve
+    these inputs: the full (unwindowed) :class:`AngleBasis`, the kernels on for ``w``, and the other
+    ``inputs`` (directions, axes, frame weights) of ``w``'s dtype without gradients, which the kernels do not
+    give."""
     return (isinstance(basis, AngleBasis) and basis.win is None and use_numba(w)
-            and not any(t.requires_grad for t in others))
+            and all(t.dtype == w.dtype and not t.requires_grad for t in inputs))
+
+
+def _require_full_basis(basis: AngleBasis) -> None:
+    if basis.win is not None:
+        raise ValueError("the moment expansion is for the full basis; use angle_histogram with windows")
 
 
 def _project_moments(acc: Tensor, fast: bool, basis: AngleBasis, proj: Tensor) -> Tensor:
