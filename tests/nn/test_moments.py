@@ -100,8 +100,8 @@ def test_unsorted_atoms_give_the_same_features():
 @needs_numba
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
 def test_dense_kernel_equals_slot_path_with_gradients(dtype, tol):
-    """Padded slots straight from (w, r̂, axes): same features and weight gradients as the flat slot list,
-    with directionless slots and slots under the weight floor left out."""
+    """Padded slots straight from (w, r̂, axes): same features and gradients (weights and projection) as the
+    flat slot list, with directionless slots and slots under the weight floor left out."""
     g = torch.Generator().manual_seed(6)
     N, M, H, C = 9, 23, 3, 5
     logits = torch.randn(N, M, H, generator=g, dtype=torch.float64) * 4
@@ -112,7 +112,7 @@ def test_dense_kernel_equals_slot_path_with_gradients(dtype, tol):
     axes = axes.to(dtype)
     has_dir = torch.rand(N, M, generator=g) > 0.15
     basis = AngleBasis()
-    proj = torch.randn(3, H, C, basis.bins, generator=g, dtype=torch.float64).to(dtype)
+    proj = torch.randn(3, H, C, basis.bins, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
     floor = 1e-12
     dense = dense_angle_features(w, unit, axes, has_dir, floor, basis, proj)
     keep = has_dir & (w.detach().amax(-1) > floor)
@@ -121,10 +121,11 @@ def test_dense_kernel_equals_slot_path_with_gradients(dtype, tol):
     cos = torch.einsum("nmc,nhkc->nmhk", unit, axes)[n, m]
     slot = slot_angle_features(w[n, m], cos, n, N, basis, proj)
     gout = torch.randn(N, H, C, generator=g, dtype=torch.float64).to(dtype)
-    g_dense, = torch.autograd.grad((dense * gout).sum(), w)
-    g_slot, = torch.autograd.grad((slot * gout).sum(), w)
+    g_dense, gp_dense = torch.autograd.grad((dense * gout).sum(), (w, proj))
+    g_slot, gp_slot = torch.autograd.grad((slot * gout).sum(), (w, proj))
     assert (dense - slot).abs().max() <= tol * slot.abs().max()
     assert (g_dense - g_slot).abs().max() <= tol * g_slot.abs().max()
+    assert (gp_dense - gp_slot).abs().max() <= tol * gp_slot.abs().max()
     assert g_dense[~keep].abs().max() == 0
 
 

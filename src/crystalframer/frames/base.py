@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from crystalframer.frames import ties as ties_mod
+from crystalframer.frames.noise import draw_seed, uniform
 from crystalframer.geometry.images import Images
 
 
@@ -54,10 +55,10 @@ class FrameInput:
         return self.images.d2
 
     def uniform_noise(self, shape) -> Tensor:
-        """u ~ U(−0.5, 0.5) · noise (zeros when noise is 0)."""
+        """u ~ U(−0.5, 0.5) · noise (zeros when noise is 0), from :mod:`.noise` (seeded by torch's generator)."""
         if self.noise == 0:
             return torch.zeros(shape, dtype=self.unit.dtype, device=self.unit.device)
-        return (torch.rand(shape, dtype=self.unit.dtype, device=self.unit.device) - 0.5) * self.noise
+        return (uniform(draw_seed(), tuple(shape), self.unit.dtype, self.unit.device) - 0.5) * self.noise
 
 
 FrameFn = Callable[..., Tensor]

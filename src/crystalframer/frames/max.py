@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from crystalframer.frames.base import FrameInput, FrameMethod, gather_slots, orthonormal_from_two, register_frame
+from crystalframer.frames.noise import draw_seed
 from crystalframer.frames.search import COLLINEAR, LOG_FLOOR, two_axis_search
 from crystalframer.frames.ties import two_axis_frame_set
 
@@ -13,9 +14,8 @@ from crystalframer.frames.ties import two_axis_frame_set
 def _two_axis_frame(inp: FrameInput, mode: str, use_qk: bool, literal: bool = False) -> Tensor:
     """e1 = slot maximising s1, r2 = the best non-collinear slot (see :mod:`.search`) → (N, H, 3, 3); the
     published noise in ``mode`` "noise" (drawn as in :meth:`FrameInput.uniform_noise`)."""
-    noisy = mode == "noise" and inp.noise != 0
-    rnd = torch.rand(inp.qk.shape, dtype=inp.unit.dtype, device=inp.unit.device) if noisy else None
-    e1_idx, has1, r2_idx, has2 = two_axis_search(inp.qk if use_qk else None, inp.a, inp.d2, rnd, inp.noise,
+    seed = draw_seed() if mode == "noise" and inp.noise != 0 else None
+    e1_idx, has1, r2_idx, has2 = two_axis_search(inp.qk if use_qk else None, inp.a, inp.d2, seed, inp.noise,
                                                  inp.candidate, inp.unit, literal)
     return orthonormal_from_two(gather_slots(inp.unit, e1_idx), gather_slots(inp.unit, r2_idx), has2 & has1)
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from crystalframer.frames.base import gather_slots, masked_argmax
+from crystalframer.frames.noise import ULP, hash_uniform, uniform
 from crystalframer.numba_support import njit, np_scalar, numba, prange, run_kernel, use_numba
 
 #: Images with |cos| to e1 at or above this are not candidates for the second axis.
@@ -27,21 +28,25 @@ COLLINEAR = 0.9999
 LOG_FLOOR = 1e-5
 
 
-def two_axis_search(qk: Tensor | None, a: Tensor, d2: Tensor, rnd: Tensor | None, noise: float,
+def two_axis_search(qk: Tensor | None, a: Tensor, d2: Tensor, seed: int | None, noise: float,
                     candidate: Tensor, unit: Tensor, literal: bool = False) -> tuple[Tensor, ...]:
     """Slots of the two axes.
 
     Args:
         qk: (N, M, H) q·k/√d_h, or None (static frames); a: (N, H) in Å⁻²; d2: (N, M) squared distances
-        (Å²); rnd: (N, M, H) uniform draws in [0, 1) for the noise u = (rnd − ½)·noise, or None;
+        (Å²); seed: of the draws rnd (N, M, H) = :func:`.noise.uniform` for the noise u = (rnd − ½)·noise
+        (the kernel draws each where it reads the slot), or None for no noise;
         candidate: (N, M, 1 or H) slots allowed as axes; unit: (N, M, 3) directions;
         literal: the second score's base is d instead of s1.
     Returns:
         e1_idx, has1, r2_idx, has2: (N, H) slot indices and whether any slot was allowed.
     """
     if use_numba(unit):
-        return _search_numba(qk, a, d2, rnd, noise, candidate, unit, literal)
-    d = d2[:, :, None] + ((rnd - 0.5) * noise if rnd is not None else 0.0)
+        return _search_numba(qk, a, d2, seed, noise, candidate, unit, literal)
+    d = d2[:, :, None]
+    if seed is not None:
+        rnd = uniform(seed, (*d2.shape, a.shape[1]), unit.dtype, unit.device)
+        d = d + (rnd - 0.5) * noise
     s1 = a[:, None, :] * d
     if qk is not None:
         s1 = qk + s1
@@ -54,15 +59,15 @@ def two_axis_search(qk: Tensor | None, a: Tensor, d2: Tensor, rnd: Tensor | None
     return e1_idx, has1, r2_idx, has2
 
 
-def _search_numba(qk, a, d2, rnd, noise, candidate, unit, literal):
+def _search_numba(qk, a, d2, seed, noise, candidate, unit, literal):
     N, H = a.shape
     dt = unit.dtype
     qk_ = (qk if qk is not None else unit.new_empty(0, 0, 0)).detach().to(dt).contiguous()
-    rnd_ = (rnd if rnd is not None else unit.new_empty(0, 0, 0)).to(dt).contiguous()
     out = [torch.empty(N, H, dtype=torch.long), torch.empty(N, H, dtype=torch.bool),
            torch.empty(N, H, dtype=torch.long), torch.empty(N, H, dtype=torch.bool)]
     run_kernel(_search_kernel, qk_.numpy(), a.detach().to(dt).contiguous().numpy(),
-               d2.detach().to(dt).contiguous().numpy(), rnd_.numpy(), np_scalar(noise, dt),
+               d2.detach().to(dt).contiguous().numpy(), np.uint64(seed or 0), seed is not None,
+               np_scalar(noise, dt), np_scalar(ULP, dt),
                candidate.contiguous().numpy(), unit.detach().contiguous().numpy(), literal,
                np_scalar(COLLINEAR, dt), np_scalar(LOG_FLOOR, dt), np_scalar(0.5, dt), np_scalar(1.0, dt),
                *(t.numpy() for t in out))
@@ -72,13 +77,15 @@ def _search_numba(qk, a, d2, rnd, noise, candidate, unit, literal):
 if numba is not None:
 
     @njit(inline="always")
-    def _distance_term(d2, rnd, noise, half, n, m, h):  # pragma: no cover - jitted
-        if rnd.shape[0] == 0:
+    def _distance_term(d2, seed, noisy, noise, ulp, half, n, m, h, H):  # pragma: no cover - jitted
+        """d² + (rnd − ½)·noise with rnd = uniform(seed)[n, m, h], drawn here."""
+        if not noisy:
             return d2[n, m]
-        return d2[n, m] + (rnd[n, m, h] - half) * noise
+        rnd = hash_uniform(seed, (n * d2.shape[1] + m) * H + h, ulp)
+        return d2[n, m] + (rnd - half) * noise
 
     @njit(parallel=True, cache=True)
-    def _search_kernel(qk, a, d2, rnd, noise, cand, unit, literal, collinear, log_floor, half, one,
+    def _search_kernel(qk, a, d2, seed, noisy, noise, ulp, cand, unit, literal, collinear, log_floor, half, one,
                        e1_idx, has1, r2_idx, has2):  # pragma: no cover - jitted
         N, M = d2.shape
         H = a.shape[1]
@@ -89,7 +96,7 @@ if numba is not None:
                 best, bi, found = one - one, 0, False
                 for m in range(M):
                     if cand[n, m, hc]:
-                        s = a[n, h] * _distance_term(d2, rnd, noise, half, n, m, h)
+                        s = a[n, h] * _distance_term(d2, seed, noisy, noise, ulp, half, n, m, h, H)
                         if use_qk:
                             s = qk[n, m, h] + s
                         if not found or s > best:
@@ -101,7 +108,7 @@ if numba is not None:
                     if cand[n, m, hc]:
                         c = abs(unit[n, m, 0] * e0 + unit[n, m, 1] * e1 + unit[n, m, 2] * e2)
                         if c < collinear:
-                            d = _distance_term(d2, rnd, noise, half, n, m, h)
+                            d = _distance_term(d2, seed, noisy, noise, ulp, half, n, m, h, H)
                             if literal:
                                 s = d
                             else:

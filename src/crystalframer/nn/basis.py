@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from crystalframer.nn.moments import DenseMoments, DirectionMoments, SlotMoments
+from crystalframer.nn.moments import DenseMomentFeatures, DirectionMoments, SlotMoments
 from crystalframer.numba_support import use_numba
 
 #: Width of the evaluation window in units of σ on each side (the kernels' CUT_SIGMA).
@@ -200,18 +200,20 @@ def slot_angle_features(w: Tensor, cos: Tensor, atom: Tensor, n_atoms: int, basi
 def dense_angle_features(w: Tensor, unit: Tensor, axes: Tensor, has_dir: Tensor, floor: float,
                          basis: AngleBasis, proj: Tensor) -> Tensor:
     """:func:`slot_angle_features` of padded slots with one frame per (atom, head), without a flat slot
-    list: the Numba kernel forms the cosines e_k · r̂ itself (CPU, w differentiable only; see
-    :func:`moment_kernel_applies` for when it is used).
+    list: the Numba kernel forms the cosines e_k · r̂ itself (CPU, differentiable in w and proj, not in the
+    directions or axes; see :func:`moment_kernel_applies` for when it is used).
 
     Args:
         w: (N, M, H) attention weights; unit: (N, M, 3) directions r̂; axes: (N, H, K, 3) frame axes;
-        has_dir: (N, M) slots with a direction; slots with w <= ``floor`` for every head are left out.
+        has_dir: (N, M) slots with a direction; slots with w <= ``floor`` for every head are left out;
+        proj: (K, H, C, D) as in :func:`slot_angle_features`.
     Returns:
         (N, H, C).
     """
     _require_full_basis(basis)
-    acc = DenseMoments.apply(w, unit, axes, has_dir, floor, basis.bins, basis.moment_count(w.dtype))
-    return _project_moments(acc, True, basis, proj)
+    out = DenseMomentFeatures.apply(w, unit, axes, has_dir, floor, _moment_weights(basis, proj, w.dtype),
+                                    basis.bins, basis.moment_count(w.dtype))
+    return out.transpose(0, 1)
 
 
 def direction_angle_features(w: Tensor, unit: Tensor, row: Tensor, axis: Tensor, sdir: Tensor, coef: Tensor,
@@ -249,15 +251,19 @@ def _require_full_basis(basis: AngleBasis) -> None:
         raise ValueError("the moment expansion is for the full basis; use angle_histogram with windows")
 
 
+def _moment_weights(basis: AngleBasis, proj: Tensor, dtype: torch.dtype) -> Tensor:
+    """proj (K, H, C, D) → (H, K·D·P, C): each head's map from its moments (k, j, p) to its features."""
+    A = basis.moment_matrix(proj.device, dtype)  # [j, p, d]
+    return torch.einsum("jpd,khcd->hkjpc", A, proj).reshape(proj.shape[1], -1, proj.shape[2])
+
+
 def _project_moments(acc: Tensor, fast: bool, basis: AngleBasis, proj: Tensor) -> Tensor:
     """Moments (H, N, K, D, P) if ``fast`` else (P, H, N, K, D) → Σ_k W_k,h b̄ (N, H, C)."""
-    A = basis.moment_matrix(acc.device, acc.dtype)  # [j, p, d]
     H, C = proj.shape[1], proj.shape[2]
     if fast:  # one matrix product per head
-        n_atoms = acc.shape[1]
-        weights = torch.einsum("jpd,khcd->hkjpc", A, proj).reshape(H, -1, C)
-        out = torch.bmm(acc.view(H, n_atoms, -1), weights)
+        out = torch.bmm(acc.view(H, acc.shape[1], -1), _moment_weights(basis, proj, acc.dtype))
     else:  # one per (power, head)
+        A = basis.moment_matrix(acc.device, acc.dtype)  # [j, p, d]
         P, n_atoms = acc.shape[0], acc.shape[2]
         weights = torch.einsum("jpd,khcd->phkjc", A, proj).reshape(P * H, -1, C)
         out = torch.bmm(acc.view(P * H, n_atoms, -1), weights).view(P, H, n_atoms, C).sum(0)

@@ -13,8 +13,9 @@ and u = x − j ∈ [−½, ½]:
   (slot, head, axis) element once, keeps each row's accumulator in cache and runs the rows in parallel on
   torch's thread count (4–5× faster than the scatters on CPU), and ``index_add_`` scatters in PyTorch (any
   device; the reference for the kernels in the tests).
-- :class:`DenseMoments` (Numba only) takes the padded (atom, slot) layout of the attention with the
-  directions and frame axes and forms the cosines itself, so no flat slot list is built.
+- :class:`DenseMomentFeatures` (Numba only) takes the padded (atom, slot) layout of the attention with the
+  directions and frame axes, forms the cosines itself, so no flat slot list is built, and applies the
+  projection; its backward contracts the feature gradient with the projection inside the kernel.
 - :class:`DirectionMoments` (Numba only) does the same for weighted sets of frames (tie averaging), one entry
   per (atom, head, axis, distinct direction).
 
@@ -35,9 +36,9 @@ if numba is not None:
     # Scalars arrive in the arrays' dtype (scale = (D − 1)/2, half = ½, top = D − 1) so that float32 data
     # is computed in float32: numba promotes float32 op int to float64.
     @njit(inline="always")
-    def _nearest(c, scale, half, top):  # pragma: no cover - jitted
-        """Nearest centre j and offset u of cosine c; NaN (never valid input) goes to centre 0."""
-        x = c * scale + scale
+    def _split(x, half, top):  # pragma: no cover - jitted
+        """Nearest centre j and offset u of the scaled cosine x = (c + 1)·scale; NaN (never valid input)
+        goes to centre 0."""
         jf = np.floor(x + half)
         if not jf >= 0:
             jf = half - half
@@ -46,10 +47,24 @@ if numba is not None:
         return int(jf), x - jf
 
     @njit(inline="always")
+    def _nearest(c, scale, half, top):  # pragma: no cover - jitted
+        """Nearest centre j and offset u of cosine c."""
+        return _split(c * scale + scale, half, top)
+
+    @njit(inline="always")
     def _accumulate(a, t, u, n_pow):  # pragma: no cover - jitted
-        for p in range(n_pow):
+        """a[p] += t u^p, the even and odd powers as two chains in u²: half the dependent products."""
+        tu = t * u
+        u2 = u * u
+        a[0] += t
+        if n_pow > 1:
+            a[1] += tu
+        for p in range(2, n_pow, 2):
+            t *= u2
+            tu *= u2
             a[p] += t
-            t *= u
+            if p + 1 < n_pow:
+                a[p + 1] += tu
 
     @njit(inline="always")
     def _horner(g, u, n_pow):  # pragma: no cover - jitted
@@ -109,6 +124,18 @@ if numba is not None:
         """r̂_nm · v for a 3-vector v."""
         return unit[n, m, 0] * v[0] + unit[n, m, 1] * v[1] + unit[n, m, 2] * v[2]
 
+    @njit(inline="always")
+    def _kept_slots(w, has_dir, n, floor, kept):  # pragma: no cover - jitted
+        for m in range(w.shape[1]):
+            kept[m] = _kept(w, has_dir, n, m, floor)
+
+    @njit(inline="always")
+    def _scaled_cosines(unit, n, v, scale, x):  # pragma: no cover - jitted
+        """x_m = (r̂_nm · v + 1)·scale for every slot m: one vectorisable pass before the binning."""
+        v0, v1, v2 = v[0], v[1], v[2]
+        for m in range(x.shape[0]):
+            x[m] = (unit[n, m, 0] * v0 + unit[n, m, 1] * v1 + unit[n, m, 2] * v2) * scale + scale
+
     @njit(parallel=True, cache=True)
     def _dense_forward_kernel(w, unit, axes, has_dir, floor, scale, half, top, n_pow,
                               acc):  # pragma: no cover - jitted
@@ -116,32 +143,76 @@ if numba is not None:
         N, M, H = w.shape
         K = axes.shape[2]
         for n in prange(N):
+            kept = np.empty(M, np.bool_)
+            _kept_slots(w, has_dir, n, floor, kept)
+            x = np.empty(M, w.dtype)
             for h in range(H):
                 acc[h, n] = 0
-            for m in range(M):
-                if not _kept(w, has_dir, n, m, floor):
-                    continue
-                for h in range(H):
-                    for k in range(K):
-                        j, u = _nearest(_dot(unit, n, m, axes[n, h, k]), scale, half, top)
-                        _accumulate(acc[h, n, k, j], w[n, m, h], u, n_pow)
+                for k in range(K):
+                    _scaled_cosines(unit, n, axes[n, h, k], scale, x)
+                    a = acc[h, n, k]
+                    for m in range(M):
+                        if kept[m]:
+                            j, u = _split(x[m], half, top)
+                            _accumulate(a[j], w[n, m, h], u, n_pow)
         return acc
 
+    @njit(inline="always")
+    def _pair_horner(g, b, u, n_pow):  # pragma: no cover - jitted
+        """Σ_p g[b + p] u^p as Horner's rule in u² over the pairs g_2i + g_2i+1 u: half the dependent steps
+        of plain Horner."""
+        p = n_pow - 1 - (n_pow - 1) % 2  # the last even power
+        poly = g[b + p]
+        if p + 1 < n_pow:
+            poly += g[b + p + 1] * u
+        u2 = u * u
+        for q in range(p - 2, -1, -2):
+            poly = poly * u2 + (g[b + q] + g[b + q + 1] * u)
+        return poly
+
+    @njit(inline="always")
+    def _project_back(g, weights_t, grad, h, n):  # pragma: no cover - jitted
+        """g = Σ_c grad[h, n, c] weights_t[h, c]: four rows per pass, so g is loaded and stored a quarter as
+        often."""
+        C = weights_t.shape[1]
+        g[:] = 0
+        c = 0
+        while c + 4 <= C:
+            g0, g1, g2, g3 = grad[h, n, c], grad[h, n, c + 1], grad[h, n, c + 2], grad[h, n, c + 3]
+            r0, r1, r2, r3 = weights_t[h, c], weights_t[h, c + 1], weights_t[h, c + 2], weights_t[h, c + 3]
+            for i in range(g.shape[0]):
+                g[i] += g0 * r0[i] + g1 * r1[i] + g2 * r2[i] + g3 * r3[i]
+            c += 4
+        for c in range(c, C):
+            gc = grad[h, n, c]
+            row = weights_t[h, c]
+            for i in range(g.shape[0]):
+                g[i] += gc * row[i]
+
     @njit(parallel=True, cache=True)
-    def _dense_backward_kernel(w, unit, axes, has_dir, floor, scale, half, top, n_pow, grad,
+    def _dense_backward_kernel(w, unit, axes, has_dir, floor, scale, half, top, n_pow, weights_t, grad,
                                g_w):  # pragma: no cover - jitted
+        # weights_t (H, C, K·D·P) the projection, grad (H, N, C) of the features: per (atom, head) the moment
+        # gradient Σ_c grad_c W_c (K·D·P,) is formed in cache, never as an (H, N, K·D·P) tensor
         N, M, H = w.shape
         K = axes.shape[2]
+        L = weights_t.shape[2]
+        D = L // (K * n_pow)
         for n in prange(N):
-            for m in range(M):
-                kept = _kept(w, has_dir, n, m, floor)
-                for h in range(H):
-                    gw = half - half
-                    if kept:
-                        for k in range(K):
-                            j, u = _nearest(_dot(unit, n, m, axes[n, h, k]), scale, half, top)
-                            gw += _horner(grad[h, n, k, j], u, n_pow)[0]
-                    g_w[n, m, h] = gw
+            kept = np.empty(M, np.bool_)
+            _kept_slots(w, has_dir, n, floor, kept)
+            x = np.empty(M, w.dtype)
+            g = np.empty(L, w.dtype)
+            for h in range(H):
+                _project_back(g, weights_t, grad, h, n)
+                for m in range(M):
+                    g_w[n, m, h] = 0
+                for k in range(K):
+                    _scaled_cosines(unit, n, axes[n, h, k], scale, x)
+                    for m in range(M):
+                        if kept[m]:
+                            j, u = _split(x[m], half, top)
+                            g_w[n, m, h] += _pair_horner(g, (k * D + j) * n_pow, u, n_pow)
 
     @njit(parallel=True, cache=True)
     def _direction_forward_kernel(w, unit, start, axis, sdir, coef, scale, half, top, n_pow,
@@ -240,36 +311,44 @@ class SlotMoments(torch.autograd.Function):
         return g_weight, g_cos, None, None, None, None
 
 
-class DenseMoments(torch.autograd.Function):
-    """The moments with one row per atom, straight from the padded slots (Numba only): weight w (N, M, H),
-    unit directions (N, M, 3) and frame axes (N, H, K, 3) whose cosines the kernel forms itself. Slots with
-    ``has_dir`` False or w <= ``floor`` for every head are left out. Returns acc (H, N, K, D, P).
+class DenseMomentFeatures(torch.autograd.Function):
+    """The moments with one row per atom straight from the padded slots, projected (Numba only): weight w
+    (N, M, H), unit directions (N, M, 3), frame axes (N, H, K, 3) whose cosines the kernel forms itself, and
+    ``weights`` (H, K·D·P, C) mapping each head's moments to its C features. Slots with ``has_dir`` False or
+    w <= ``floor`` for every head are left out. Returns (H, N, C) = acc (H, N, K·D·P) @ weights.
 
-    Differentiable in w only (callers use it when the directions and axes carry no gradient); it never
-    builds the flat slot list, the gathered cosines or their scatter-back in the backward.
+    Differentiable in w and weights (callers use it when the directions and axes carry no gradient). It builds
+    no flat slot list and no gathered cosines, and its backward never forms the (H, N, K·D·P) moment
+    gradient: the kernel contracts the feature gradient with the projection per (atom, head) in cache.
     """
 
     @staticmethod
-    def forward(ctx, w: Tensor, unit: Tensor, axes: Tensor, has_dir: Tensor, floor: float, bins: int,
-                n_pow: int) -> Tensor:
+    def forward(ctx, w: Tensor, unit: Tensor, axes: Tensor, has_dir: Tensor, floor: float, weights: Tensor,
+                bins: int, n_pow: int) -> Tensor:
         N, M, H = w.shape
         w, unit, axes = w.detach().contiguous(), unit.detach().contiguous(), axes.detach().contiguous()
         has_dir = has_dir.contiguous()
-        ctx.save_for_backward(w, unit, axes, has_dir)
-        ctx.floor, ctx.bins, ctx.n_pow = floor, bins, n_pow
         acc = w.new_empty(H, N, axes.shape[2], bins, n_pow)
         run_kernel(_dense_forward_kernel, w.numpy(), unit.numpy(), axes.numpy(), has_dir.numpy(),
                    np_scalar(floor, w.dtype), *_scalars(bins, w.dtype), n_pow, acc.numpy())
-        return acc
+        acc = acc.view(H, N, -1)
+        ctx.save_for_backward(w, unit, axes, has_dir, weights, acc)
+        ctx.floor, ctx.bins, ctx.n_pow = floor, bins, n_pow
+        return torch.bmm(acc, weights.detach())
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        w, unit, axes, has_dir = ctx.saved_tensors
-        g_w = torch.empty_like(w)
-        run_kernel(_dense_backward_kernel, w.numpy(), unit.numpy(), axes.numpy(), has_dir.numpy(),
-                   np_scalar(ctx.floor, w.dtype), *_scalars(ctx.bins, w.dtype), ctx.n_pow,
-                   grad.contiguous().numpy(), g_w.numpy())
-        return g_w, None, None, None, None, None, None
+        w, unit, axes, has_dir, weights, acc = ctx.saved_tensors
+        grad = grad.contiguous()
+        g_w = g_weights = None
+        if ctx.needs_input_grad[0]:
+            g_w = torch.empty_like(w)
+            run_kernel(_dense_backward_kernel, w.numpy(), unit.numpy(), axes.numpy(), has_dir.numpy(),
+                       np_scalar(ctx.floor, w.dtype), *_scalars(ctx.bins, w.dtype), ctx.n_pow,
+                       weights.detach().transpose(1, 2).contiguous().numpy(), grad.numpy(), g_w.numpy())
+        if ctx.needs_input_grad[5]:
+            g_weights = torch.bmm(acc.transpose(1, 2), grad)
+        return g_w, None, None, None, None, g_weights, None, None
 
 
 class DirectionMoments(torch.autograd.Function):
