@@ -55,7 +55,7 @@ def uniform(seed: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch
     if use_numba(out):
         run_kernel(_fill_kernel, np.uint64(seed), np_scalar(ULP, dtype), out.view(-1).numpy())
         return out
-    return out.copy_(_uniform_torch(seed, out.numel(), device).view(shape).to(dtype) * ULP)
+    return _uniform_torch(seed, out.numel(), device).view(shape).to(dtype).mul_(ULP)
 
 
 hash_uniform = None  # the jitted draw, where Numba is installed

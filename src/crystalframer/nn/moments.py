@@ -132,9 +132,9 @@ if numba is not None:
     @njit(inline="always")
     def _scaled_cosines(unit, n, v, scale, x):  # pragma: no cover - jitted
         """x_m = (r̂_nm · v + 1)·scale for every slot m: one vectorisable pass before the binning."""
-        v0, v1, v2 = v[0], v[1], v[2]
+        vt = (v[0], v[1], v[2])  # loaded once: the compiler cannot tell that the stores to x leave v alone
         for m in range(x.shape[0]):
-            x[m] = (unit[n, m, 0] * v0 + unit[n, m, 1] * v1 + unit[n, m, 2] * v2) * scale + scale
+            x[m] = _dot(unit, n, m, vt) * scale + scale
 
     @njit(parallel=True, cache=True)
     def _dense_forward_kernel(w, unit, axes, has_dir, floor, scale, half, top, n_pow,
