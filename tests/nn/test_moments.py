@@ -100,8 +100,9 @@ def test_unsorted_atoms_give_the_same_features():
 @needs_numba
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
 def test_dense_kernel_equals_slot_path_with_gradients(dtype, tol):
-    """Padded slots straight from (w, r̂, axes): same features and gradients (weights and projection) as the
-    flat slot list, with directionless slots and slots under the weight floor left out."""
+    """Padded slots straight from (w, r̂, axes), by Chebyshev moments: same features and gradients (weights and
+    projection) as the flat slot list's power moments (both truncated at 1e-12 in float64), with directionless
+    slots and slots under the weight floor left out."""
     g = torch.Generator().manual_seed(6)
     N, M, H, C = 9, 23, 3, 5
     logits = torch.randn(N, M, H, generator=g, dtype=torch.float64) * 4
@@ -127,6 +128,104 @@ def test_dense_kernel_equals_slot_path_with_gradients(dtype, tol):
     assert (g_dense - g_slot).abs().max() <= tol * g_slot.abs().max()
     assert (gp_dense - gp_slot).abs().max() <= tol * gp_slot.abs().max()
     assert g_dense[~keep].abs().max() == 0
+
+
+def _chebyshev_values(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Σ_l coef[d, l] T_l(x) with T_l(x) = cos(l·acos x), float64: (D, L), (G,) → (G, D)."""
+    l = torch.arange(coef.shape[1], dtype=torch.float64)
+    return torch.cos(l * torch.acos(x.clamp(-1, 1))[:, None]) @ coef.T
+
+
+@pytest.mark.parametrize("bins,width", [(64, 4.0), (16, 1.0)])
+def test_chebyshev_expansion_reproduces_the_basis_to_its_tolerance(bins, width):
+    """C (D, L) reproduces every basis function on [−1, 1] (ends included) below the dtype's tolerance, and L
+    is the smallest count whose error bound does: one term fewer leaves some function above it."""
+    basis = AngleBasis(bins, width)
+    x = torch.cat([torch.linspace(-1, 1, 4001, dtype=torch.float64), torch.tensor([-1 + 1e-9, 1 - 1e-9])])
+    exact = basis.values(x)
+    for dtype, tol in ((torch.float32, 1e-7), (torch.float64, 1e-12)):
+        coef = basis.chebyshev_matrix(dtype=torch.float64)[:, :basis.chebyshev_count(dtype)]
+        assert coef.shape == (bins, basis.chebyshev_count(dtype))
+        assert (_chebyshev_values(coef, x) - exact).abs().max() < tol
+        assert (_chebyshev_values(coef[:, :-1], x) - exact).abs().max() > tol / 10
+        bound = basis._chebyshev_coefficients()[:, coef.shape[1] - 1:].abs().sum(-1).max()
+        assert bound >= tol  # minimal: the bound of one term fewer is not below the tolerance
+    assert basis.chebyshev_count(torch.float32) < basis.chebyshev_count(torch.float64)
+    assert basis.chebyshev_matrix(dtype=torch.float32).dtype == torch.float32
+
+
+def test_a_basis_too_narrow_for_the_series_keeps_the_moment_path():
+    narrow = AngleBasis(64, 0.3)
+    assert narrow.chebyshev_count() is None
+    assert not moment_kernel_applies(narrow, torch.rand(2, 3, 2), torch.rand(2, 3, 3), torch.rand(2, 2, 3, 3))
+    with pytest.raises(ValueError, match="Chebyshev terms"):
+        narrow.chebyshev_matrix()
+
+
+def _frames_on_slots(dtype: torch.dtype, seed: int = 11):
+    """Slots and orthonormal frames where every first axis points exactly at a slot, second axes at slots
+    up to rounding, and some slots sit within 1e-7 of an axis: the cosines ±1 where the Chebyshev recurrence
+    is least well conditioned."""
+    g = torch.Generator().manual_seed(seed)
+    N, M, H = 5, 30, 4
+    unit = torch.nn.functional.normalize(torch.randn(N, M, 3, generator=g, dtype=torch.float64), dim=-1)
+    e1 = unit[:, :H]  # head h's first axis is slot h
+    r2 = unit[:, H:2 * H]
+    e2 = torch.nn.functional.normalize(r2 - (r2 * e1).sum(-1, keepdim=True) * e1, dim=-1)
+    axes = torch.stack([e1, e2, torch.cross(e1, e2, dim=-1)], -2)  # (N, H, 3, 3)
+    unit[:, 2 * H] = -e1[:, 0]  # cos −1 with head 0's first axis
+    near = e1[:, 1] + 1e-7 * e2[:, 1]
+    unit[:, 2 * H + 1] = near / near.norm(dim=-1, keepdim=True)  # cos 1 − 5e-15
+    logits = torch.randn(N, M, H, generator=g, dtype=torch.float64)
+    w = torch.softmax(logits, 1)
+    has_dir = torch.ones(N, M, dtype=torch.bool)
+    return w.to(dtype), unit.to(dtype), axes.to(dtype), has_dir
+
+
+@needs_numba
+def test_dense_kernel_in_float32_stays_at_float32_resolution_at_the_poles():
+    """float32 Chebyshev sums (46 terms) with cosines at ±1 against float64 direct Gaussian sums: features and
+    weight gradients within float32 rounding (the same bound as the power moments)."""
+    basis = AngleBasis()
+    g = torch.Generator().manual_seed(12)
+    w64, unit64, axes64, has_dir = _frames_on_slots(torch.float64)
+    H, C = w64.shape[2], 6
+    proj = torch.randn(3, H, C, basis.bins, generator=g, dtype=torch.float64) / 8
+    gout = torch.randn(w64.shape[0], H, C, generator=g, dtype=torch.float64)
+    cos = torch.einsum("nmc,nhkc->nhmk", unit64, axes64)
+    assert (cos.abs() == 1).any()
+    wr = w64.clone().requires_grad_()
+    hist = angle_histogram(wr.transpose(1, 2), cos, basis)  # direct evaluation of every Gaussian
+    ref = torch.einsum("nhkd,khcd->nhc", hist, proj)
+    (g_ref,) = torch.autograd.grad((ref * gout).sum(), wr)
+    w32 = w64.float().requires_grad_()
+    out = dense_angle_features(w32, unit64.float(), axes64.float(), has_dir, 0.0, basis, proj.float())
+    (g32,) = torch.autograd.grad((out * gout.float()).sum(), w32)
+    assert (out.double() - ref).abs().max() < 2e-6 * ref.abs().max()
+    assert (g32.double() - g_ref).abs().max() < 2e-6 * g_ref.abs().max()
+
+
+@needs_numba
+def test_dense_kernel_gradcheck_and_thread_count_independence():
+    w, unit, axes, has_dir = _frames_on_slots(torch.float64, seed=13)
+    w = w[:3, :12]
+    unit, axes, has_dir = unit[:3, :12], axes[:3], has_dir[:3, :12]
+    basis = AngleBasis(16, 1.0)
+    proj = torch.randn(3, w.shape[2], 4, 16, dtype=torch.float64, requires_grad=True)
+    wr = w.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, p: dense_angle_features(a, unit, axes, has_dir, 0.0, basis, p),
+                                    (wr, proj))
+    w32, unit32, axes32, has_dir32 = _frames_on_slots(torch.float32, seed=14)
+    outs = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(dense_angle_features(w32, unit32, axes32, has_dir32, 0.0, AngleBasis(),
+                                             torch.ones(3, w32.shape[2], 2, 64)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
 
 
 def test_kernels_only_without_direction_gradients():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -82,10 +83,18 @@ class Images:
         """Whether per-pair sums (Σ n² pairs) are cheaper than per-slot gathers (N · M slots)."""
         return self.pair_i.numel() > 0 and self.pair_i.numel() <= self.j.numel()
 
-    @property
+    # cached: every layer of a model shares the sphere images of a batch
+    @cached_property
     def self_image(self) -> Tensor:
         """(N, M) bool: the slot is at distance 0 (the atom itself, no direction)."""
         return self.d2 <= SELF_D2
+
+    @cached_property
+    def unit(self) -> Tensor:
+        """(N, M, 3) unit vectors r̂ of the slots, 0 for the self image and padding."""
+        with torch.no_grad():
+            unit = self.vec / self.d2.clamp_min(1e-30).sqrt()[..., None]
+            return unit.masked_fill_(self.self_image[..., None], 0.0)
 
 
 #: Squared distance (Å²) under which an image is the atom itself (spec §3.6, §4).

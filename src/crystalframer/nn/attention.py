@@ -192,9 +192,7 @@ class DistanceDecayAttention(nn.Module):
 
         info = {"a": a.detach()}
         if self.frame is not None:
-            selfimg = img.self_image
-            unit = img.vec / img.d2.clamp_min(1e-30).sqrt()[..., None]
-            unit = unit.masked_fill(selfimg[..., None], 0.0)
+            selfimg, unit = img.self_image, img.unit
             inp = FrameInput(images=img, unit=unit, candidate=mask & ~selfimg[:, :, None], qk=slot_qk.detach(),
                              a=a.detach(), w=w.detach(), lattice=geo.lattice, pos=geo.pos, batch=geo.batch,
                              ptr=geo.ptr, noise=self.frame_noise, x=x, layer=layer)

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from crystalframer.nn.moments import DenseMomentFeatures, DirectionMoments, SlotMoments
+from crystalframer.nn.moments import DenseChebyshevFeatures, DirectionChebyshev, SlotMoments
 from crystalframer.numba_support import use_numba
 
 #: Width of the evaluation window in units of σ on each side (the kernels' CUT_SIGMA).
@@ -54,13 +54,24 @@ class AngleBasis:
     a power series in u whose coefficients A[j, p, d] = exp(−s k²/2) Σ_m (s k)^(p−2m)/(p−2m)! · (−s/2)^m/m!
     depend on k only. So Σ_m w_m G_d(c_m) = Σ_(j,p) A[j, p, d] · M_(j,p) with the plain power moments
     M_(j,p) = Σ_(m: nearest centre j) w_m u_m^p (no exponential per slot). The number P of terms is the
-    smallest with a truncation error below ``tol`` for every u and k (by default 1e-9 for float64 sums and
-    1e-7, float32's resolution of a basis value ≤ 1, otherwise): P = 8 / 6 for the default basis.
+    smallest with a truncation error below ``tol`` for every u and k (by default 1e-12 for float64 sums, so that
+    float64 results of the two expansions agree to ~1e-12, and 1e-7, float32's resolution of a basis value
+    ≤ 1, otherwise): P = 10 / 6 for the default basis.
+
+    The CPU kernels use a *Chebyshev expansion* instead: each G_d is smooth on [−1, 1], so
+    G_d(c) ≈ Σ_(l<L) C[d, l] T_l(c) with Chebyshev polynomials T_l, and Σ_m w_m G_d(c_m) = Σ_l C[d, l] μ_l with
+    the Chebyshev moments μ_l = Σ_m w_m T_l(c_m): L numbers per axis instead of D·P, computed by the
+    three-term recurrence without binning. L is the smallest with Σ_(l≥L) |C[d, l]| (a bound on the error,
+    since |T_l| ≤ 1) below the same tolerance for every d: L = 63 / 46 for the default basis.
     """
 
-    #: Truncation tolerance of the moment expansion per compute dtype: below float32 resolution of a basis
-    #: value (≤ 1) for 32-bit and lower precision, well below it for float64.
-    TOLERANCE = {torch.float64: 1e-9}
+    #: Chebyshev interpolation nodes for the coefficients: far beyond any useful L, so aliasing is at
+    #: float64 rounding; a basis that needs more than half as many terms is left to the moment expansion.
+    CHEBYSHEV_NODES = 512
+
+    #: Truncation tolerance of both expansions per compute dtype: below float32 resolution of a basis value
+    #: (≤ 1) for 32-bit and lower precision, far below it for float64.
+    TOLERANCE = {torch.float64: 1e-12}
     TOLERANCE_LOW = 1e-7
 
     def __init__(self, bins: int = 64, width: float = 4.0, window: bool = False, tol: float | None = None):
@@ -73,6 +84,11 @@ class AngleBasis:
         self.tol = tol
         self._order: dict = {}
         self._matrix: dict = {}
+        self._cheb: Tensor | None = None
+        self._cheb_matrix: dict = {}
+
+    def _tolerance(self, dtype: torch.dtype) -> float:
+        return self.tol if self.tol is not None else self.TOLERANCE.get(dtype, self.TOLERANCE_LOW)
 
     def _series(self, P: int, k: Tensor) -> Tensor:
         """(P, len(k)) coefficients of u^p in exp(−s (u − k)²/2), float64."""
@@ -86,7 +102,7 @@ class AngleBasis:
     def moment_count(self, dtype: torch.dtype = torch.float64) -> int:
         """Number P of moments for sums computed in ``dtype``: the series error, measured on a fine grid of
         u ∈ [−½, ½] for every k, is below the tolerance."""
-        tol = self.tol if self.tol is not None else self.TOLERANCE.get(dtype, self.TOLERANCE_LOW)
+        tol = self._tolerance(dtype)
         if tol not in self._order:
             k = torch.arange(-self.bins, self.bins + 1, dtype=torch.float64)
             u = torch.linspace(-0.5, 0.5, 401, dtype=torch.float64)[:, None]
@@ -109,6 +125,41 @@ class AngleBasis:
             A = self._series(P, k.reshape(-1)).view(P, D, D).transpose(0, 1)
             self._matrix[key] = A.contiguous().to(device=device, dtype=dtype)
         return self._matrix[key]
+
+    def _chebyshev_coefficients(self) -> Tensor:
+        """(D, Q) Chebyshev coefficients of every G_d on [−1, 1] from its values at the Q Chebyshev nodes
+        x_q = cos(π(q + ½)/Q), float64."""
+        if self._cheb is None:
+            Q = self.CHEBYSHEV_NODES
+            q = torch.arange(Q, dtype=torch.float64) + 0.5
+            values = self.values(torch.cos(math.pi * q / Q))  # (Q, D)
+            coef = values.T @ torch.cos(math.pi * q[:, None] * torch.arange(Q, dtype=torch.float64) / Q) * (2 / Q)
+            coef[:, 0] /= 2
+            self._cheb = coef
+        return self._cheb
+
+    def chebyshev_count(self, dtype: torch.dtype = torch.float64) -> int | None:
+        """Number L of Chebyshev terms for sums computed in ``dtype`` (see the class docstring), or None if
+        more than half the interpolation nodes would be needed (a very narrow basis: the moment expansion
+        serves it)."""
+        tol = self._tolerance(dtype)
+        key = ("chebyshev", tol)
+        if key not in self._order:
+            tail = self._chebyshev_coefficients().abs().flip(-1).cumsum(-1).flip(-1).amax(0)  # tail[L]
+            count = int(torch.count_nonzero(tail >= tol))  # the tail decreases with L
+            self._order[key] = count if count <= self.CHEBYSHEV_NODES // 2 else None
+        return self._order[key]
+
+    def chebyshev_matrix(self, device=None, dtype=torch.float64) -> Tensor:
+        """C: (D, L) with G_d(c) ≈ Σ_l C[d, l] T_l(c), L for ``dtype``."""
+        key = (device, dtype)
+        if key not in self._cheb_matrix:
+            L = self.chebyshev_count(dtype)
+            if L is None:
+                raise ValueError(f"{self.bins} angle bins of width {self.width} need more than "
+                                 f"{self.CHEBYSHEV_NODES // 2} Chebyshev terms")
+            self._cheb_matrix[key] = self._chebyshev_coefficients()[:, :L].contiguous().to(device=device, dtype=dtype)
+        return self._cheb_matrix[key]
 
     def centers(self, device=None, dtype=None) -> Tensor:
         return -1.0 + torch.arange(self.bins, device=device, dtype=dtype) * self.step
@@ -200,8 +251,9 @@ def slot_angle_features(w: Tensor, cos: Tensor, atom: Tensor, n_atoms: int, basi
 def dense_angle_features(w: Tensor, unit: Tensor, axes: Tensor, has_dir: Tensor, floor: float,
                          basis: AngleBasis, proj: Tensor) -> Tensor:
     """:func:`slot_angle_features` of padded slots with one frame per (atom, head), without a flat slot
-    list: the Numba kernel forms the cosines e_k · r̂ itself (CPU, differentiable in w and proj, not in the
-    directions or axes; see :func:`moment_kernel_applies` for when it is used).
+    list, by the Chebyshev expansion of :class:`AngleBasis`: the Numba kernel forms the cosines e_k · r̂ itself
+    (CPU, differentiable in w and proj, not in the directions or axes; see :func:`moment_kernel_applies` for
+    when it is used).
 
     Args:
         w: (N, M, H) attention weights; unit: (N, M, 3) directions r̂; axes: (N, H, K, 3) frame axes;
@@ -211,14 +263,15 @@ def dense_angle_features(w: Tensor, unit: Tensor, axes: Tensor, has_dir: Tensor,
         (N, H, C).
     """
     _require_full_basis(basis)
-    out = DenseMomentFeatures.apply(w, unit, axes, has_dir, floor, _moment_weights(basis, proj, w.dtype),
-                                    basis.bins, basis.moment_count(w.dtype))
+    out = DenseChebyshevFeatures.apply(w, unit, axes, has_dir, floor, _chebyshev_weights(basis, proj, w.dtype),
+                                       basis.chebyshev_count(w.dtype))
     return out.transpose(0, 1)
 
 
 def direction_angle_features(w: Tensor, unit: Tensor, row: Tensor, axis: Tensor, sdir: Tensor, coef: Tensor,
                              basis: AngleBasis, proj: Tensor) -> Tensor:
-    """Angular features of weighted frame sets from their distinct axis directions (Numba, CPU):
+    """Angular features of weighted frame sets from their distinct axis directions (Numba, CPU; the
+    Chebyshev expansion of :class:`AngleBasis`):
     out[n, h] = Σ_(entries e of (n, h)) coef_e Σ_c W_(axis_e),h Σ_m w[n, h, m] b(sdir_e · r̂_nm).
 
     Args:
@@ -232,18 +285,22 @@ def direction_angle_features(w: Tensor, unit: Tensor, row: Tensor, axis: Tensor,
     N, H, _ = w.shape
     start = torch.zeros(N * H + 1, dtype=torch.long, device=w.device)
     start[1:] = torch.cumsum(torch.bincount(row, minlength=N * H), 0)
-    acc = DirectionMoments.apply(w, unit, start, axis, sdir.to(w.dtype), coef.to(w.dtype), basis.bins,
-                                 basis.moment_count(w.dtype))
-    return _project_moments(acc, True, basis, proj)
+    mu = DirectionChebyshev.apply(w, unit, start, axis, sdir.to(w.dtype), coef.to(w.dtype),
+                                  basis.chebyshev_count(w.dtype))
+    out = torch.bmm(mu.view(H, N, -1), _chebyshev_weights(basis, proj, w.dtype))
+    if out.requires_grad:  # the caller's gradient arrives as an (N, H, C) tensor: bmm wants it head-major
+        out.register_hook(lambda g: None if g is None else g.contiguous())
+    return out.transpose(0, 1)
 
 
 def moment_kernel_applies(basis, w: Tensor, *inputs: Tensor) -> bool:
-    """Whether the Numba moment kernels (:func:`dense_angle_features`, :func:`direction_angle_features`) serve
-    these inputs: the full (unwindowed) :class:`AngleBasis`, the kernels on for ``w``, and the other
-    ``inputs`` (directions, axes, frame weights) of ``w``'s dtype without gradients, which the kernels do not
-    give."""
+    """Whether the Numba Chebyshev kernels (:func:`dense_angle_features`, :func:`direction_angle_features`)
+    serve these inputs: the full (unwindowed) :class:`AngleBasis` with a Chebyshev expansion, the kernels on
+    for ``w``, and the other ``inputs`` (directions, axes, frame weights) of ``w``'s dtype without gradients,
+    which the kernels do not give."""
     return (isinstance(basis, AngleBasis) and basis.win is None and use_numba(w)
-            and all(t.dtype == w.dtype and not t.requires_grad for t in inputs))
+            and all(t.dtype == w.dtype and not t.requires_grad for t in inputs)
+            and basis.chebyshev_count(w.dtype) is not None)
 
 
 def _require_full_basis(basis: AngleBasis) -> None:
@@ -252,9 +309,15 @@ def _require_full_basis(basis: AngleBasis) -> None:
 
 
 def _moment_weights(basis: AngleBasis, proj: Tensor, dtype: torch.dtype) -> Tensor:
-    """proj (K, H, C, D) → (H, K·D·P, C): each head's map from its moments (k, j, p) to its features."""
+    """proj (K, H, C, D) → (H, K·D·P, C): each head's map from its power moments (k, j, p) to its features."""
     A = basis.moment_matrix(proj.device, dtype)  # [j, p, d]
     return torch.einsum("jpd,khcd->hkjpc", A, proj).reshape(proj.shape[1], -1, proj.shape[2])
+
+
+def _chebyshev_weights(basis: AngleBasis, proj: Tensor, dtype: torch.dtype) -> Tensor:
+    """proj (K, H, C, D) → (H, K·L, C): each head's map from its Chebyshev moments (k, l) to its features."""
+    Cm = basis.chebyshev_matrix(proj.device, dtype)  # [d, l]
+    return torch.einsum("dl,khcd->hklc", Cm, proj.to(dtype)).reshape(proj.shape[1], -1, proj.shape[2])
 
 
 def _project_moments(acc: Tensor, fast: bool, basis: AngleBasis, proj: Tensor) -> Tensor:

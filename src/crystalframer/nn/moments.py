@@ -1,22 +1,28 @@
 """Moment sums of the angular basis over image slots: the hot loop of the frame models.
 
-For slots s (grouped by their row r, e.g. the atom they belong to), heads h and frame axes k, with
-x = (c_shk + 1)/ι the position of the cosine in units of the centre spacing, j = ⌊x + ½⌋ its nearest centre
-and u = x − j ∈ [−½, ½]:
+The angular features Σ_k W_k,h Σ_slots w b(c) (c the cosine of a slot with a frame axis) are linear in a set
+of moments of the weighted cosines, which :class:`crystalframer.nn.basis.AngleBasis` maps to the basis sums.
+Two expansions are used, both exact to a truncation below the compute dtype's resolution of a basis value:
 
-    acc[h, r, k, j, p] = Σ_(s in row r, nearest centre j) ω_sh u^p,        p < P
+- *power moments* per basis centre, for slots s (grouped by their row r, e.g. the atom they belong to), heads
+  h and frame axes k, with x = (c_shk + 1)/ι the position of the cosine in units of the centre spacing,
+  j = ⌊x + ½⌋ its nearest centre and u = x − j ∈ [−½, ½]:
 
-(see :class:`crystalframer.nn.basis.AngleBasis` for why these moments give the basis sums).
+      acc[h, r, k, j, p] = Σ_(s in row r, nearest centre j) ω_sh u^p,        p < P;
 
-- :class:`SlotMoments` takes a flat list of slots with their cosines, with two implementations: a Numba
-  kernel (CPU, used when ``numba`` is installed: ``pip install "crystalframer[fast]"``) that computes every
-  (slot, head, axis) element once, keeps each row's accumulator in cache and runs the rows in parallel on
-  torch's thread count (4–5× faster than the scatters on CPU), and ``index_add_`` scatters in PyTorch (any
-  device; the reference for the kernels in the tests).
-- :class:`DenseMomentFeatures` (Numba only) takes the padded (atom, slot) layout of the attention with the
+- *Chebyshev moments* μ[h, r, k, l] = Σ_(s in row r) ω_sh T_l(c_shk), l < L: the basis functions are smooth
+  on [−1, 1], so L ≈ 46 terms per axis (float32) replace 64 centres × 6 powers, need no binning and vectorise
+  over the slots.
+
+- :class:`SlotMoments` (power moments) takes a flat list of slots with their cosines and is differentiable
+  in them too, with two implementations: a Numba kernel (CPU, used when ``numba`` is installed:
+  ``pip install "crystalframer[fast]"``) that keeps each row's accumulator in cache and runs the rows in
+  parallel on torch's thread count, and ``index_add_`` scatters in PyTorch (any device; the reference for
+  the kernels in the tests).
+- :class:`DenseChebyshevFeatures` (Numba only) takes the padded (atom, slot) layout of the attention with the
   directions and frame axes, forms the cosines itself, so no flat slot list is built, and applies the
-  projection; its backward contracts the feature gradient with the projection inside the kernel.
-- :class:`DirectionMoments` (Numba only) does the same for weighted sets of frames (tie averaging), one entry
+  projection; its backward sums each slot's Chebyshev series by Clenshaw's recurrence.
+- :class:`DirectionChebyshev` (Numba only) does the same for weighted sets of frames (tie averaging), one entry
   per (atom, head, axis, distinct direction).
 
 Set the environment variable ``CRYSTALFRAMER_NUMBA=0`` to force the PyTorch path
@@ -109,6 +115,10 @@ if numba is not None:
                             g_cos[s, h, k] = weight[s, h] * dpoly * scale
                     g_weight[s, h] = gw
 
+    # Reassociation lets the slot loops of the Chebyshev kernels run as vector reductions; each atom's sums
+    # stay on one thread in a fixed order, so results do not depend on the thread count.
+    _VECTOR = {"reassoc", "contract"}
+
     @njit(inline="always")
     def _kept(w, has_dir, n, m, floor):  # pragma: no cover - jitted
         """Slot (n, m) has a direction and a weight above ``floor`` for some head."""
@@ -119,134 +129,209 @@ if numba is not None:
                 return True
         return False
 
-    @njit(inline="always")
-    def _dot(unit, n, m, v):  # pragma: no cover - jitted
-        """r̂_nm · v for a 3-vector v."""
-        return unit[n, m, 0] * v[0] + unit[n, m, 1] * v[1] + unit[n, m, 2] * v[2]
+    _PAD = 1
 
     @njit(inline="always")
-    def _kept_slots(w, has_dir, n, floor, kept):  # pragma: no cover - jitted
+    def _gather_slots(w, unit, has_dir, n, floor, idx, ux, uy, uz, wt):  # pragma: no cover - jitted
+        """The kept slots of atom n, packed: their indices, directions and weights wt (H, ·), then zeros up to a
+        multiple of _PAD. Returns (their number, the padded number)."""
+        cnt = 0
         for m in range(w.shape[1]):
-            kept[m] = _kept(w, has_dir, n, m, floor)
+            if _kept(w, has_dir, n, m, floor):
+                idx[cnt] = m
+                ux[cnt], uy[cnt], uz[cnt] = unit[n, m, 0], unit[n, m, 1], unit[n, m, 2]
+                for h in range(w.shape[2]):
+                    wt[h, cnt] = w[n, m, h]
+                cnt += 1
+        padded = (cnt + _PAD - 1) // _PAD * _PAD
+        for i in range(cnt, padded):
+            ux[i], uy[i], uz[i] = 0, 0, 0
+            for h in range(w.shape[2]):
+                wt[h, i] = 0
+        return cnt, padded
 
     @njit(inline="always")
-    def _scaled_cosines(unit, n, v, scale, x):  # pragma: no cover - jitted
-        """x_m = (r̂_nm · v + 1)·scale for every slot m: one vectorisable pass before the binning."""
-        vt = (v[0], v[1], v[2])  # loaded once: the compiler cannot tell that the stores to x leave v alone
-        for m in range(x.shape[0]):
-            x[m] = _dot(unit, n, m, vt) * scale + scale
+    def _doubled_cosines(ux, uy, uz, v, cnt, x2):  # pragma: no cover - jitted
+        """x2_i = 2 r̂_i · v (exactly twice the rounded cosine: doubling is exact)."""
+        v0, v1, v2 = v[0] + v[0], v[1] + v[1], v[2] + v[2]
+        for i in range(cnt):
+            x2[i] = ux[i] * v0 + uy[i] * v1 + uz[i] * v2
 
-    @njit(parallel=True, cache=True)
-    def _dense_forward_kernel(w, unit, axes, has_dir, floor, scale, half, top, n_pow,
-                              acc):  # pragma: no cover - jitted
-        # w (N, M, H), unit (N, M, 3), axes (N, H, K, 3), has_dir (N, M), acc (H, N, K, D, P)
+    @njit(inline="always")
+    def _chebyshev_sums(x2, ta, tb, cnt, out, zero):  # pragma: no cover - jitted
+        """out[l] += Σ_i t_l,i for l < len(out), with ta, tb = t_0, t_1 on entry and t_(l+1) = x2 t_l − t_(l−1):
+        the Chebyshev recurrence, here of w·T_l(x). Four terms per pass over i, so ta and tb are loaded and
+        stored once per four terms and four sums run at once. Overwrites ta and tb."""
+        L = out.shape[0]
+        s0 = zero
+        s1 = zero
+        for i in range(cnt):
+            s0 += ta[i]
+            s1 += tb[i]
+        out[0] += s0
+        if L > 1:
+            out[1] += s1
+        l = 2
+        while l + 3 < L:
+            s0 = zero
+            s1 = zero
+            s2 = zero
+            s3 = zero
+            for i in range(cnt):
+                x = x2[i]
+                a = x * tb[i] - ta[i]
+                b = x * a - tb[i]
+                c = x * b - a
+                d = x * c - b
+                ta[i] = c
+                tb[i] = d
+                s0 += a
+                s1 += b
+                s2 += c
+                s3 += d
+            out[l] += s0
+            out[l + 1] += s1
+            out[l + 2] += s2
+            out[l + 3] += s3
+            l += 4
+        while l < L:
+            s0 = zero
+            for i in range(cnt):
+                a = x2[i] * tb[i] - ta[i]
+                ta[i] = tb[i]
+                tb[i] = a
+                s0 += a
+            out[l] += s0
+            l += 1
+
+    @njit(inline="always")
+    def _clenshaw(x2, ba, bb, g, cnt, half, res):  # pragma: no cover - jitted
+        """res_i += Σ_l g_l T_l(x_i) by Clenshaw's recurrence b_l = g_l + 2x b_(l+1) − b_(l+2), four steps per
+        pass over i. Uses ba and bb as scratch."""
+        L = g.shape[0]
+        for i in range(cnt):
+            ba[i] = 0  # b_(l+2)
+            bb[i] = 0  # b_(l+1)
+        l = L - 1
+        while l >= 4:
+            g3, g2, g1, g0 = g[l], g[l - 1], g[l - 2], g[l - 3]
+            for i in range(cnt):
+                x = x2[i]
+                a = g3 + x * bb[i] - ba[i]
+                b = g2 + x * a - bb[i]
+                c = g1 + x * b - a
+                d = g0 + x * c - b
+                ba[i] = c
+                bb[i] = d
+            l -= 4
+        while l >= 1:
+            gl = g[l]
+            for i in range(cnt):
+                a = gl + x2[i] * bb[i] - ba[i]
+                ba[i] = bb[i]
+                bb[i] = a
+            l -= 1
+        g0 = g[0]
+        for i in range(cnt):
+            res[i] += g0 + half * x2[i] * bb[i] - ba[i]
+
+    @njit(parallel=True, cache=True, fastmath=_VECTOR)
+    def _dense_forward_kernel(w, unit, axes, has_dir, floor, half, out):  # pragma: no cover - jitted
+        # w (N, M, H), unit (N, M, 3), axes (N, H, K, 3), has_dir (N, M), out (H, N, K, L)
         N, M, H = w.shape
         K = axes.shape[2]
         for n in prange(N):
-            kept = np.empty(M, np.bool_)
-            _kept_slots(w, has_dir, n, floor, kept)
-            x = np.empty(M, w.dtype)
+            Mp = (M + _PAD - 1) // _PAD * _PAD
+            idx = np.empty(M, np.int64)
+            ux, uy, uz = np.empty(Mp, w.dtype), np.empty(Mp, w.dtype), np.empty(Mp, w.dtype)
+            wt = np.empty((H, Mp), w.dtype)
+            real, cnt = _gather_slots(w, unit, has_dir, n, floor, idx, ux, uy, uz, wt)
+            x2, ta, tb = np.empty(cnt, w.dtype), np.empty(cnt, w.dtype), np.empty(cnt, w.dtype)
             for h in range(H):
-                acc[h, n] = 0
                 for k in range(K):
-                    _scaled_cosines(unit, n, axes[n, h, k], scale, x)
-                    a = acc[h, n, k]
-                    for m in range(M):
-                        if kept[m]:
-                            j, u = _split(x[m], half, top)
-                            _accumulate(a[j], w[n, m, h], u, n_pow)
-        return acc
+                    _doubled_cosines(ux, uy, uz, axes[n, h, k], cnt, x2)
+                    for i in range(cnt):
+                        ta[i] = wt[h, i]
+                        tb[i] = wt[h, i] * x2[i] * half
+                    o = out[h, n, k]
+                    o[:] = 0
+                    _chebyshev_sums(x2, ta, tb, cnt, o, half - half)
+        return out
 
-    @njit(inline="always")
-    def _pair_horner(g, b, u, n_pow):  # pragma: no cover - jitted
-        """Σ_p g[b + p] u^p as Horner's rule in u² over the pairs g_2i + g_2i+1 u: half the dependent steps
-        of plain Horner."""
-        p = n_pow - 1 - (n_pow - 1) % 2  # the last even power
-        poly = g[b + p]
-        if p + 1 < n_pow:
-            poly += g[b + p + 1] * u
-        u2 = u * u
-        for q in range(p - 2, -1, -2):
-            poly = poly * u2 + (g[b + q] + g[b + q + 1] * u)
-        return poly
-
-    @njit(inline="always")
-    def _project_back(g, weights_t, grad, h, n):  # pragma: no cover - jitted
-        """g = Σ_c grad[h, n, c] weights_t[h, c]: four rows per pass, so g is loaded and stored a quarter as
-        often."""
-        C = weights_t.shape[1]
-        g[:] = 0
-        c = 0
-        while c + 4 <= C:
-            g0, g1, g2, g3 = grad[h, n, c], grad[h, n, c + 1], grad[h, n, c + 2], grad[h, n, c + 3]
-            r0, r1, r2, r3 = weights_t[h, c], weights_t[h, c + 1], weights_t[h, c + 2], weights_t[h, c + 3]
-            for i in range(g.shape[0]):
-                g[i] += g0 * r0[i] + g1 * r1[i] + g2 * r2[i] + g3 * r3[i]
-            c += 4
-        for c in range(c, C):
-            gc = grad[h, n, c]
-            row = weights_t[h, c]
-            for i in range(g.shape[0]):
-                g[i] += gc * row[i]
-
-    @njit(parallel=True, cache=True)
-    def _dense_backward_kernel(w, unit, axes, has_dir, floor, scale, half, top, n_pow, weights_t, grad,
-                               g_w):  # pragma: no cover - jitted
-        # weights_t (H, C, K·D·P) the projection, grad (H, N, C) of the features: per (atom, head) the moment
-        # gradient Σ_c grad_c W_c (K·D·P,) is formed in cache, never as an (H, N, K·D·P) tensor
+    @njit(parallel=True, cache=True, fastmath=_VECTOR)
+    def _dense_backward_kernel(w, unit, axes, has_dir, floor, half, G, g_w):  # pragma: no cover - jitted
+        # G (H, N, K, L): the feature gradient contracted with the projection; g_w (N, M, H)
         N, M, H = w.shape
         K = axes.shape[2]
-        L = weights_t.shape[2]
-        D = L // (K * n_pow)
         for n in prange(N):
-            kept = np.empty(M, np.bool_)
-            _kept_slots(w, has_dir, n, floor, kept)
-            x = np.empty(M, w.dtype)
-            g = np.empty(L, w.dtype)
+            Mp = (M + _PAD - 1) // _PAD * _PAD
+            idx = np.empty(M, np.int64)
+            ux, uy, uz = np.empty(Mp, w.dtype), np.empty(Mp, w.dtype), np.empty(Mp, w.dtype)
+            wt = np.empty((H, Mp), w.dtype)
+            real, cnt = _gather_slots(w, unit, has_dir, n, floor, idx, ux, uy, uz, wt)
+            x2, ba, bb = np.empty(cnt, w.dtype), np.empty(cnt, w.dtype), np.empty(cnt, w.dtype)
+            res = np.empty(cnt, w.dtype)
+            g_w[n] = 0
             for h in range(H):
-                _project_back(g, weights_t, grad, h, n)
-                for m in range(M):
-                    g_w[n, m, h] = 0
+                res[:] = 0
                 for k in range(K):
-                    _scaled_cosines(unit, n, axes[n, h, k], scale, x)
-                    for m in range(M):
-                        if kept[m]:
-                            j, u = _split(x[m], half, top)
-                            g_w[n, m, h] += _pair_horner(g, (k * D + j) * n_pow, u, n_pow)
+                    _doubled_cosines(ux, uy, uz, axes[n, h, k], cnt, x2)
+                    _clenshaw(x2, ba, bb, G[h, n, k], cnt, half, res)
+                for i in range(real):
+                    g_w[n, idx[i], h] = res[i]
 
-    @njit(parallel=True, cache=True)
-    def _direction_forward_kernel(w, unit, start, axis, sdir, coef, scale, half, top, n_pow,
-                                  acc):  # pragma: no cover - jitted
+    @njit(parallel=True, cache=True, fastmath=_VECTOR)
+    def _direction_forward_kernel(w, unit, start, axis, sdir, coef, half, out):  # pragma: no cover - jitted
         # w (N, H, M), unit (N, M, 3), start (N·H + 1,) entry offsets per (atom, head), axis (E,), sdir (E, 3),
-        # coef (E,), acc (H, N, 3, D, P)
+        # coef (E,), out (H, N, 3, L)
         N, H, M = w.shape
         for r in prange(N * H):
             n = r // H
             h = r - n * H
-            acc[h, n] = 0
+            out[h, n] = 0
+            if start[r + 1] == start[r]:
+                continue
+            ux, uy, uz = np.empty(M, w.dtype), np.empty(M, w.dtype), np.empty(M, w.dtype)
+            wr = np.empty(M, w.dtype)
+            cnt = 0
+            for m in range(M):  # slots with w = 0 add nothing
+                if w[n, h, m] != 0:
+                    ux[cnt], uy[cnt], uz[cnt] = unit[n, m, 0], unit[n, m, 1], unit[n, m, 2]
+                    wr[cnt] = w[n, h, m]
+                    cnt += 1
+            x2, ta, tb = np.empty(cnt, w.dtype), np.empty(cnt, w.dtype), np.empty(cnt, w.dtype)
             for e in range(start[r], start[r + 1]):
-                a = acc[h, n, axis[e]]
-                for m in range(M):
-                    wt = w[n, h, m]
-                    if wt == 0:
-                        continue
-                    j, u = _nearest(_dot(unit, n, m, sdir[e]), scale, half, top)
-                    _accumulate(a[j], coef[e] * wt, u, n_pow)
-        return acc
+                _doubled_cosines(ux, uy, uz, sdir[e], cnt, x2)
+                c = coef[e]
+                for i in range(cnt):
+                    ta[i] = c * wr[i]
+                    tb[i] = ta[i] * x2[i] * half
+                _chebyshev_sums(x2, ta, tb, cnt, out[h, n, axis[e]], half - half)
+        return out
 
-    @njit(parallel=True, cache=True)
-    def _direction_backward_kernel(w, unit, start, axis, sdir, coef, scale, half, top, n_pow, grad,
-                                   g_w):  # pragma: no cover - jitted
+    @njit(parallel=True, cache=True, fastmath=_VECTOR)
+    def _direction_backward_kernel(w, unit, start, axis, sdir, coef, half, G, g_w):  # pragma: no cover - jitted
+        # G (H, N, 3, L) the gradient of out; g_w (N, H, M) for every slot: the derivative does not vanish
+        # where w does
         N, H, M = w.shape
         for r in prange(N * H):
             n = r // H
             h = r - n * H
-            g_w[n, h] = 0
+            res = g_w[n, h]
+            res[:] = 0
+            if start[r + 1] == start[r]:
+                continue
+            ux, uy, uz = np.empty(M, w.dtype), np.empty(M, w.dtype), np.empty(M, w.dtype)
+            for m in range(M):
+                ux[m], uy[m], uz[m] = unit[n, m, 0], unit[n, m, 1], unit[n, m, 2]
+            x2, ba, bb = np.empty(M, w.dtype), np.empty(M, w.dtype), np.empty(M, w.dtype)
+            gc = np.empty(G.shape[3], w.dtype)
             for e in range(start[r], start[r + 1]):
-                g = grad[h, n, axis[e]]
-                for m in range(M):  # every slot: the derivative does not vanish where w does
-                    j, u = _nearest(_dot(unit, n, m, sdir[e]), scale, half, top)
-                    g_w[n, h, m] += coef[e] * _horner(g[j], u, n_pow)[0]
+                _doubled_cosines(ux, uy, uz, sdir[e], M, x2)
+                g, c = G[h, n, axis[e]], coef[e]
+                for l in range(gc.shape[0]):
+                    gc[l] = g[l] * c
+                _clenshaw(x2, ba, bb, gc, M, half, res)
 
 
 def _scalars(bins: int, dtype: torch.dtype) -> tuple:
@@ -311,72 +396,74 @@ class SlotMoments(torch.autograd.Function):
         return g_weight, g_cos, None, None, None, None
 
 
-class DenseMomentFeatures(torch.autograd.Function):
-    """The moments with one row per atom straight from the padded slots, projected (Numba only): weight w
-    (N, M, H), unit directions (N, M, 3), frame axes (N, H, K, 3) whose cosines the kernel forms itself, and
-    ``weights`` (H, K·D·P, C) mapping each head's moments to its C features. Slots with ``has_dir`` False or
-    w <= ``floor`` for every head are left out. Returns (H, N, C) = acc (H, N, K·D·P) @ weights.
+class DenseChebyshevFeatures(torch.autograd.Function):
+    """Angular features of the padded slots with one frame per (atom, head), from Chebyshev moments (Numba
+    only): weight w (N, M, H), unit directions (N, M, 3), frame axes (N, H, K, 3) whose cosines the kernel
+    forms itself, and ``weights`` (H, K·L, C) mapping each head's moments (k, l) to its C features. Slots with
+    ``has_dir`` False or w <= ``floor`` for every head are left out. Returns (H, N, C) = μ (H, N, K·L) @ weights
+    with μ[h, n, k, l] = Σ_m w[n, m, h] T_l(e_(n,h,k) · r̂_nm).
 
     Differentiable in w and weights (callers use it when the directions and axes carry no gradient). It builds
-    no flat slot list and no gathered cosines, and its backward never forms the (H, N, K·D·P) moment
-    gradient: the kernel contracts the feature gradient with the projection per (atom, head) in cache.
+    no flat slot list and no gathered cosines; its backward contracts the feature gradient with the weights
+    (one small matrix product) and sums each slot's Chebyshev series by Clenshaw's recurrence.
     """
 
     @staticmethod
     def forward(ctx, w: Tensor, unit: Tensor, axes: Tensor, has_dir: Tensor, floor: float, weights: Tensor,
-                bins: int, n_pow: int) -> Tensor:
+                n_terms: int) -> Tensor:
         N, M, H = w.shape
         w, unit, axes = w.detach().contiguous(), unit.detach().contiguous(), axes.detach().contiguous()
         has_dir = has_dir.contiguous()
-        acc = w.new_empty(H, N, axes.shape[2], bins, n_pow)
+        mu = w.new_empty(H, N, axes.shape[2], n_terms)
         run_kernel(_dense_forward_kernel, w.numpy(), unit.numpy(), axes.numpy(), has_dir.numpy(),
-                   np_scalar(floor, w.dtype), *_scalars(bins, w.dtype), n_pow, acc.numpy())
-        acc = acc.view(H, N, -1)
-        ctx.save_for_backward(w, unit, axes, has_dir, weights, acc)
-        ctx.floor, ctx.bins, ctx.n_pow = floor, bins, n_pow
-        return torch.bmm(acc, weights.detach())
+                   np_scalar(floor, w.dtype), np_scalar(0.5, w.dtype), mu.numpy())
+        mu = mu.view(H, N, -1)
+        ctx.save_for_backward(w, unit, axes, has_dir, weights, mu)
+        ctx.floor, ctx.n_terms = floor, n_terms
+        return torch.bmm(mu, weights.detach())
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        w, unit, axes, has_dir, weights, acc = ctx.saved_tensors
-        grad = grad.contiguous()
+        w, unit, axes, has_dir, weights, mu = ctx.saved_tensors
+        grad = grad.to(w.dtype).contiguous()
         g_w = g_weights = None
-        if ctx.needs_input_grad[0]:
-            g_w = torch.empty_like(w)
-            run_kernel(_dense_backward_kernel, w.numpy(), unit.numpy(), axes.numpy(), has_dir.numpy(),
-                       np_scalar(ctx.floor, w.dtype), *_scalars(ctx.bins, w.dtype), ctx.n_pow,
-                       weights.detach().transpose(1, 2).contiguous().numpy(), grad.numpy(), g_w.numpy())
-        if ctx.needs_input_grad[5]:
-            g_weights = torch.bmm(acc.transpose(1, 2), grad)
-        return g_w, None, None, None, None, g_weights, None, None
+        # the forward ran without autocast (the attention disables it); so must the products here
+        with torch.autocast(grad.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                G = torch.bmm(grad, weights.detach().transpose(1, 2))  # (H, N, K·L)
+                g_w = torch.empty_like(w)
+                run_kernel(_dense_backward_kernel, w.numpy(), unit.numpy(), axes.numpy(), has_dir.numpy(),
+                           np_scalar(ctx.floor, w.dtype), np_scalar(0.5, w.dtype),
+                           G.view(mu.shape[0], mu.shape[1], axes.shape[2], ctx.n_terms).numpy(), g_w.numpy())
+            if ctx.needs_input_grad[5]:
+                g_weights = torch.bmm(mu.transpose(1, 2), grad)
+        return g_w, None, None, None, None, g_weights, None
 
 
-class DirectionMoments(torch.autograd.Function):
-    """The moments of weighted sets of frames (Numba only): rows are (atom, head, axis); entry e adds
-    coef_e · w[n, h, m] for the cosines of atom n's slots with its direction sdir_e to row (n, h, axis_e).
-    ``start`` (N·H + 1,) holds the entry offsets of each (atom, head) = n·H + h (entries sorted by it).
-    Returns acc (H, N, 3, D, P); differentiable in w only.
+class DirectionChebyshev(torch.autograd.Function):
+    """Chebyshev moments of weighted sets of frames (Numba only): rows are (atom, head, axis); entry e adds
+    coef_e · w[n, h, m] T_l(sdir_e · r̂_nm) to row (n, h, axis_e). ``start`` (N·H + 1,) holds the entry
+    offsets of each (atom, head) = n·H + h (entries sorted by it). Returns μ (H, N, 3, L); differentiable in w
+    only.
     """
 
     @staticmethod
-    def forward(ctx, w: Tensor, unit: Tensor, start: Tensor, axis: Tensor, sdir: Tensor, coef: Tensor, bins: int,
-                n_pow: int) -> Tensor:
+    def forward(ctx, w: Tensor, unit: Tensor, start: Tensor, axis: Tensor, sdir: Tensor, coef: Tensor,
+                n_terms: int) -> Tensor:
         N, H, _ = w.shape
         args = [t.detach().contiguous() for t in (w, unit, start, axis, sdir, coef)]
         ctx.save_for_backward(*args)
-        ctx.bins, ctx.n_pow = bins, n_pow
-        acc = w.new_empty(H, N, 3, bins, n_pow)
-        run_kernel(_direction_forward_kernel, *(t.numpy() for t in args), *_scalars(bins, w.dtype), n_pow,
-                   acc.numpy())
-        return acc
+        mu = w.new_empty(H, N, 3, n_terms)
+        run_kernel(_direction_forward_kernel, *(t.numpy() for t in args), np_scalar(0.5, w.dtype), mu.numpy())
+        return mu
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         args = ctx.saved_tensors
         g_w = torch.empty_like(args[0])
-        run_kernel(_direction_backward_kernel, *(t.numpy() for t in args), *_scalars(ctx.bins, g_w.dtype),
-                   ctx.n_pow, grad.contiguous().numpy(), g_w.numpy())
-        return g_w, None, None, None, None, None, None, None
+        run_kernel(_direction_backward_kernel, *(t.numpy() for t in args), np_scalar(0.5, g_w.dtype),
+                   grad.contiguous().numpy(), g_w.numpy())
+        return g_w, None, None, None, None, None, None
 
 
 def _scatter_index(cos: Tensor, start: Tensor, bins: int) -> tuple[Tensor, Tensor]:
