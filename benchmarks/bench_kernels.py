@@ -1,7 +1,7 @@
 """Per-layer cost of the frame kernels on batch48 (issue 5): ``python benchmarks/bench_kernels.py``.
 
 Captures the first layer's inputs of a `max`-frame model in training mode, then times, on those inputs
-alone: the angular moment features (forward, and forward + backward to the weights and the projection), the
+alone: the angular features (Chebyshev moments) (forward, and forward + backward to the weights and the projection), the
 two-axis frame search with and without the published noise, and the noise draws as an array against ``torch.rand``.
 Prints min / median milliseconds over ``--rounds`` rounds of ``--reps`` calls, the kernels interleaved so that
 a change in the machine's speed hits all of them alike.
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     def search(seed):
         two_axis_search(inp.qk, inp.a, inp.d2, seed, 1e-5, inp.candidate, inp.unit)
 
-    cases = {"moment features, forward": features, "moment features, forward + backward": features_backward,
+    cases = {"angular features, forward": features, "angular features, forward + backward": features_backward,
              "frame search with noise": lambda: search(12345), "frame search, no noise": lambda: search(None), "noise draws (array)": lambda: uniform(12345, shape, torch.float32),
              "torch.rand, same shape": lambda: torch.rand(shape)}
     times = {k: [] for k in cases}

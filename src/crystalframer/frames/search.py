@@ -7,9 +7,10 @@ Per atom n and head h, with the distance term d = d²_nm (+ u_nmh, the tie-break
     r2 = the candidate slot with |e1 · r̂| < COLLINEAR maximising  base + log max(1 − |e1 · r̂|, LOG_FLOOR),
 
 with base = s1 (or the bare d for the released static kernel's literal rule); the first maximum wins ties.
-The PyTorch version makes a dozen passes over (N, M, H) tensors; the kernel makes two per (atom, head),
-with no temporaries. They agree exactly where scores are not within rounding of each other; a tie that
-close is broken by rounding, as the noise would break it.
+The PyTorch version makes a dozen passes over (N, M, H) tensors; the kernel works per (atom, head) on two
+rows of M scratch values (the distance terms, each noise draw made once, and the first-axis scores). They
+agree exactly where scores are not within rounding of each other; a tie that close is broken by rounding, as
+the noise would break it.
 """
 
 from __future__ import annotations
@@ -76,48 +77,46 @@ def _search_numba(qk, a, d2, seed, noise, candidate, unit, literal):
 
 if numba is not None:
 
-    @njit(inline="always")
-    def _distance_term(d2, seed, noisy, noise, ulp, half, n, m, h, H):  # pragma: no cover - jitted
-        """d² + (rnd − ½)·noise with rnd = uniform(seed)[n, m, h], drawn here."""
-        if not noisy:
-            return d2[n, m]
-        rnd = hash_uniform(seed, (n * d2.shape[1] + m) * H + h, ulp)
-        return d2[n, m] + (rnd - half) * noise
-
     @njit(parallel=True, cache=True)
     def _search_kernel(qk, a, d2, seed, noisy, noise, ulp, cand, unit, literal, collinear, log_floor, half, one,
                        e1_idx, has1, r2_idx, has2):  # pragma: no cover - jitted
         N, M = d2.shape
         H = a.shape[1]
         use_qk = qk.shape[0] > 0
+        ninf = -np.inf
         for n in prange(N):
+            dn = np.empty(M, d2.dtype)  # the distance term d² (+ noise) of each slot
+            s = np.empty(M, d2.dtype)  # the first-axis score, −inf off the candidates
             for h in range(H):
                 hc = h if cand.shape[2] > 1 else 0
-                best, bi, found = one - one, 0, False
+                ah = a[n, h]
+                if noisy:  # each draw is made once, here, and reused by the second axis
+                    first = n * M * H + h
+                    for m in range(M):
+                        dn[m] = d2[n, m] + (hash_uniform(seed, first + m * H, ulp) - half) * noise
+                else:
+                    dn[:] = d2[n]
                 for m in range(M):
-                    if cand[n, m, hc]:
-                        s = a[n, h] * _distance_term(d2, seed, noisy, noise, ulp, half, n, m, h, H)
-                        if use_qk:
-                            s = qk[n, m, h] + s
-                        if not found or s > best:
-                            best, bi, found = s, m, True
-                e1_idx[n, h], has1[n, h] = bi, found
+                    v = ah * dn[m]
+                    if use_qk:
+                        v = qk[n, m, h] + v
+                    s[m] = v if cand[n, m, hc] else ninf
+                best, bi = s[0], 0
+                for m in range(1, M):
+                    if s[m] > best:
+                        best, bi = s[m], m
+                e1_idx[n, h], has1[n, h] = bi, best > ninf
                 e0, e1, e2 = unit[n, bi, 0], unit[n, bi, 1], unit[n, bi, 2]
                 best, bi2, found2 = one - one, 0, False
                 for m in range(M):
-                    if cand[n, m, hc]:
-                        c = abs(unit[n, m, 0] * e0 + unit[n, m, 1] * e1 + unit[n, m, 2] * e2)
-                        if c < collinear:
-                            d = _distance_term(d2, seed, noisy, noise, ulp, half, n, m, h, H)
-                            if literal:
-                                s = d
-                            else:
-                                s = a[n, h] * d
-                                if use_qk:
-                                    s = qk[n, m, h] + s
-                            if found2 and not s > best:  # log(1 − |c|) <= 0 cannot lift it above best
-                                continue
-                            s = s + np.log(max(one - c, log_floor))
-                            if not found2 or s > best:
-                                best, bi2, found2 = s, m, True
+                    if s[m] == ninf:  # not a candidate
+                        continue
+                    base = dn[m] if literal else s[m]
+                    if found2 and not base > best:  # log(1 − |c|) <= 0 cannot lift it above best
+                        continue
+                    c = abs(unit[n, m, 0] * e0 + unit[n, m, 1] * e1 + unit[n, m, 2] * e2)
+                    if c < collinear:
+                        base = base + np.log(max(one - c, log_floor))
+                        if not found2 or base > best:
+                            best, bi2, found2 = base, m, True
                 r2_idx[n, h], has2[n, h] = bi2, found2

@@ -129,26 +129,22 @@ if numba is not None:
                 return True
         return False
 
-    _PAD = 1
-
     @njit(inline="always")
-    def _gather_slots(w, unit, has_dir, n, floor, idx, ux, uy, uz, wt):  # pragma: no cover - jitted
-        """The kept slots of atom n, packed: their indices, directions and weights wt (H, ·), then zeros up to a
-        multiple of _PAD. Returns (their number, the padded number)."""
+    def _packed_slots(w, unit, has_dir, n, floor):  # pragma: no cover - jitted
+        """The kept slots of atom n, packed: (their indices, directions x, y, z, weights (H, ·), their number)."""
+        M, H = w.shape[1], w.shape[2]
+        idx = np.empty(M, np.int64)
+        ux, uy, uz = np.empty(M, w.dtype), np.empty(M, w.dtype), np.empty(M, w.dtype)
+        wt = np.empty((H, M), w.dtype)
         cnt = 0
-        for m in range(w.shape[1]):
+        for m in range(M):
             if _kept(w, has_dir, n, m, floor):
                 idx[cnt] = m
                 ux[cnt], uy[cnt], uz[cnt] = unit[n, m, 0], unit[n, m, 1], unit[n, m, 2]
-                for h in range(w.shape[2]):
+                for h in range(H):
                     wt[h, cnt] = w[n, m, h]
                 cnt += 1
-        padded = (cnt + _PAD - 1) // _PAD * _PAD
-        for i in range(cnt, padded):
-            ux[i], uy[i], uz[i] = 0, 0, 0
-            for h in range(w.shape[2]):
-                wt[h, i] = 0
-        return cnt, padded
+        return idx, ux, uy, uz, wt, cnt
 
     @njit(inline="always")
     def _doubled_cosines(ux, uy, uz, v, cnt, x2):  # pragma: no cover - jitted
@@ -241,11 +237,7 @@ if numba is not None:
         N, M, H = w.shape
         K = axes.shape[2]
         for n in prange(N):
-            Mp = (M + _PAD - 1) // _PAD * _PAD
-            idx = np.empty(M, np.int64)
-            ux, uy, uz = np.empty(Mp, w.dtype), np.empty(Mp, w.dtype), np.empty(Mp, w.dtype)
-            wt = np.empty((H, Mp), w.dtype)
-            real, cnt = _gather_slots(w, unit, has_dir, n, floor, idx, ux, uy, uz, wt)
+            idx, ux, uy, uz, wt, cnt = _packed_slots(w, unit, has_dir, n, floor)
             x2, ta, tb = np.empty(cnt, w.dtype), np.empty(cnt, w.dtype), np.empty(cnt, w.dtype)
             for h in range(H):
                 for k in range(K):
@@ -264,11 +256,7 @@ if numba is not None:
         N, M, H = w.shape
         K = axes.shape[2]
         for n in prange(N):
-            Mp = (M + _PAD - 1) // _PAD * _PAD
-            idx = np.empty(M, np.int64)
-            ux, uy, uz = np.empty(Mp, w.dtype), np.empty(Mp, w.dtype), np.empty(Mp, w.dtype)
-            wt = np.empty((H, Mp), w.dtype)
-            real, cnt = _gather_slots(w, unit, has_dir, n, floor, idx, ux, uy, uz, wt)
+            idx, ux, uy, uz, wt, cnt = _packed_slots(w, unit, has_dir, n, floor)
             x2, ba, bb = np.empty(cnt, w.dtype), np.empty(cnt, w.dtype), np.empty(cnt, w.dtype)
             res = np.empty(cnt, w.dtype)
             g_w[n] = 0
@@ -277,7 +265,7 @@ if numba is not None:
                 for k in range(K):
                     _doubled_cosines(ux, uy, uz, axes[n, h, k], cnt, x2)
                     _clenshaw(x2, ba, bb, G[h, n, k], cnt, half, res)
-                for i in range(real):
+                for i in range(cnt):
                     g_w[n, idx[i], h] = res[i]
 
     @njit(parallel=True, cache=True, fastmath=_VECTOR)
