@@ -87,6 +87,8 @@ if numba is not None:
         for n in prange(N):
             dn = np.empty(M, d2.dtype)  # the distance term d² (+ noise) of each slot
             s = np.empty(M, d2.dtype)  # the first-axis score, −inf off the candidates
+            if not noisy:
+                dn[:] = d2[n]
             for h in range(H):
                 hc = h if cand.shape[2] > 1 else 0
                 ah = a[n, h]
@@ -94,8 +96,6 @@ if numba is not None:
                     first = n * M * H + h
                     for m in range(M):
                         dn[m] = d2[n, m] + (hash_uniform(seed, first + m * H, ulp) - half) * noise
-                else:
-                    dn[:] = d2[n]
                 for m in range(M):
                     v = ah * dn[m]
                     if use_qk:

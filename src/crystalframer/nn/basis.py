@@ -85,6 +85,7 @@ class AngleBasis:
         self._order: dict = {}
         self._matrix: dict = {}
         self._cheb: Tensor | None = None
+        self._cheb_count: dict = {}
         self._cheb_matrix: dict = {}
 
     def _tolerance(self, dtype: torch.dtype) -> float:
@@ -143,12 +144,11 @@ class AngleBasis:
         more than half the interpolation nodes would be needed (a very narrow basis: the moment expansion
         serves it)."""
         tol = self._tolerance(dtype)
-        key = ("chebyshev", tol)
-        if key not in self._order:
+        if tol not in self._cheb_count:
             tail = self._chebyshev_coefficients().abs().flip(-1).cumsum(-1).flip(-1).amax(0)  # tail[L]
             count = int(torch.count_nonzero(tail >= tol))  # the tail decreases with L
-            self._order[key] = count if count <= self.CHEBYSHEV_NODES // 2 else None
-        return self._order[key]
+            self._cheb_count[tol] = count if count <= self.CHEBYSHEV_NODES // 2 else None
+        return self._cheb_count[tol]
 
     def chebyshev_matrix(self, device=None, dtype=torch.float64) -> Tensor:
         """C: (D, L) with G_d(c) ≈ Σ_l C[d, l] T_l(c), L for ``dtype``."""
@@ -288,9 +288,7 @@ def direction_angle_features(w: Tensor, unit: Tensor, row: Tensor, axis: Tensor,
     mu = DirectionChebyshev.apply(w, unit, start, axis, sdir.to(w.dtype), coef.to(w.dtype),
                                   basis.chebyshev_count(w.dtype))
     out = torch.bmm(mu.view(H, N, -1), _chebyshev_weights(basis, proj, w.dtype))
-    if out.requires_grad:  # the caller's gradient arrives as an (N, H, C) tensor: bmm wants it head-major
-        out.register_hook(lambda g: None if g is None else g.contiguous())
-    return out.transpose(0, 1)
+    return _atom_major(out)
 
 
 def moment_kernel_applies(basis, w: Tensor, *inputs: Tensor) -> bool:
@@ -320,6 +318,13 @@ def _chebyshev_weights(basis: AngleBasis, proj: Tensor, dtype: torch.dtype) -> T
     return torch.einsum("dl,khcd->hklc", Cm, proj.to(dtype)).reshape(proj.shape[1], -1, proj.shape[2])
 
 
+def _atom_major(out: Tensor) -> Tensor:
+    """Head-major features (H, N, C) from a matrix product → (N, H, C), a view."""
+    if out.requires_grad:  # the caller's gradient arrives as an (N, H, C) tensor: bmm wants it head-major
+        out.register_hook(lambda g: None if g is None else g.contiguous())
+    return out.transpose(0, 1)
+
+
 def _project_moments(acc: Tensor, fast: bool, basis: AngleBasis, proj: Tensor) -> Tensor:
     """Moments (H, N, K, D, P) if ``fast`` else (P, H, N, K, D) → Σ_k W_k,h b̄ (N, H, C)."""
     H, C = proj.shape[1], proj.shape[2]
@@ -330,9 +335,7 @@ def _project_moments(acc: Tensor, fast: bool, basis: AngleBasis, proj: Tensor) -
         P, n_atoms = acc.shape[0], acc.shape[2]
         weights = torch.einsum("jpd,khcd->phkjc", A, proj).reshape(P * H, -1, C)
         out = torch.bmm(acc.view(P * H, n_atoms, -1), weights).view(P, H, n_atoms, C).sum(0)
-    if out.requires_grad:  # the caller's gradient arrives as an (N, H, C) tensor: bmm wants it head-major
-        out.register_hook(lambda g: None if g is None else g.contiguous())
-    return out.transpose(0, 1)
+    return _atom_major(out)
 
 
 def angle_features(w: Tensor, cos: Tensor, frame_w: Tensor, basis: AngleBasis, proj: Tensor) -> Tensor:
