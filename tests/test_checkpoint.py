@@ -120,3 +120,88 @@ class _Evil:
     def _run():
         _Evil.ran = True
         return None
+
+
+# -- corrupted, edited and hostile checkpoints ---------------------------------------------------------------
+
+
+def test_a_flipped_byte_in_the_weights_is_caught_by_the_checksum(model, tmp_path):
+    path = save_model(model, tmp_path / "m.pt")
+    weight = model.state_dict()["embedding.weight"]
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(weight.numpy().tobytes())  # torch stores tensor bytes uncompressed
+    assert at > 0
+    data[at + 5] ^= 0x40
+    bad = tmp_path / "flipped.pt"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load(bad)
+
+
+def test_edited_weights_and_non_finite_weights_are_refused(model, tmp_path):
+    raw = torch.load(save_model(model, tmp_path / "m.pt"), weights_only=True)
+    assert len(raw["state_sha256"]) == 64
+    raw["state_dict"]["embedding.weight"][0, 0] += 1.0
+    torch.save(raw, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match="checksum"):
+        load(tmp_path / "edited.pt")
+    with torch.no_grad():
+        model.embedding.weight[0, 0] = float("nan")  # a checksum that matches NaN weights
+    save_model(model, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="'embedding.weight' holds non-finite"):
+        load(tmp_path / "nan.pt")
+
+
+def test_old_checkpoints_without_a_checksum_still_load(model, small_cells, tmp_path):
+    raw = torch.load(save_model(model, tmp_path / "m.pt"), weights_only=True)
+    del raw["state_sha256"]
+    torch.save(raw, tmp_path / "old.pt")
+    assert np.array_equal(load(tmp_path / "old.pt").predict(small_cells), model.predict(small_cells))
+
+
+def test_absurd_model_size_in_the_config_is_refused_before_allocating(model, tmp_path):
+    from crystalframer.models import CrystalFramer
+
+    devices = []
+
+    class Recording(CrystalFramer):
+        def __init__(self, **kw):
+            devices.append(torch.empty(0).device.type)  # the default device this build allocates on
+            super().__init__(**kw)
+
+    raw = torch.load(save_model(model, tmp_path / "m.pt"), weights_only=True)
+    raw["config"]["model_dim"] = 10**7
+    torch.save(raw, tmp_path / "huge.pt")
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        load(tmp_path / "huge.pt", model_class=Recording)
+    assert devices == ["meta"]  # only the memory-free shape check ran
+
+
+def test_a_pickle_that_runs_code_is_refused_even_when_the_environment_forces_unsafe_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": FORMAT, "payload": _Touch("pwned")}, "evil.pt")
+    with pytest.raises(CheckpointError, match="pickled objects are refused"):
+        load("evil.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_written_files_follow_the_umask(model, tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        path = save_model(model, tmp_path / "m.pt")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+class _Touch:
+    """Unpickling this creates a file (what an attacker's checkpoint would do with os.system)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __reduce__(self):
+        return (open, (self.name, "w"))

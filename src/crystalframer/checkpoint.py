@@ -10,10 +10,19 @@ load). It carries everything needed to rebuild and use the model::
       "model_class": "CrystalFramer",          # a key of crystalframer.models.MODEL_CLASSES
       "config": {...},                          # JSON-able constructor kwargs: cls(**config) rebuilds it
       "state_dict": {name: tensor},
+      "state_sha256": "...",                    # SHA-256 of the weights (names, dtypes, shapes, bytes)
       "targets": {"names": [...], "units": [...], "mean": [...], "std": [...]},
       "training": {...},                        # how it was trained (recipe, data, epochs, metrics ...)
       "extra": {...},                           # anything else the caller passed (JSON-able)
     }
+
+Loading is safe and checked. Every read goes through :func:`safe_torch_load`, which passes
+``weights_only=True`` explicitly; from torch 2.6 (the floor of this package) an explicit ``True`` is
+honoured whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says, so a file whose pickle would build arbitrary
+objects (or call ``os.system``) is refused, never run. The weights are checked against ``state_sha256``
+(a flipped byte is caught) and must be finite; the stored config is built on the ``meta`` device first,
+so a config that does not match the weights (e.g. an absurd ``model_dim``) is refused before anything is
+allocated. Checkpoints written before the checksum existed (no ``state_sha256``) still load, unverified.
 
 Files are written atomically (a temporary file in the same folder, then :func:`os.replace`), so a run
 killed while saving never leaves a truncated checkpoint behind.
@@ -36,7 +45,8 @@ FORMAT = "crystalframer-checkpoint"
 FORMAT_VERSION = 1
 
 __all__ = ["CheckpointError", "save_model", "load", "load_checkpoint", "read_header", "model_payload",
-           "build_model", "library_version", "jsonable", "atomic_torch_save", "describe"]
+           "build_model", "library_version", "jsonable", "atomic_torch_save", "describe", "safe_torch_load",
+           "weights_checksum"]
 
 
 class CheckpointError(ValueError):
@@ -100,6 +110,45 @@ def jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint (only JSON-like values): {obj!r}")
 
 
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with a clear error: the one way this library reads torch files.
+
+    Only tensors, dicts, lists, strings and numbers are rebuilt; a pickle that would create any other
+    object or call a function is refused (the explicit ``weights_only=True`` wins over the
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment variable on torch >= 2.6).
+
+    Raises:
+        CheckpointError: missing or unreadable file, or one holding pickled objects; names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure mode of torch.load gets the same clear message
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path}: not a readable crystalframer checkpoint ({type(e).__name__}: {msg[:300]}). "
+            "Checkpoints are loaded with torch.load(weights_only=True); files holding pickled objects are refused"
+        ) from e
+
+
+def weights_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 hex digest of a state dict: every entry's name, dtype, shape and bytes, in sorted name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        if not isinstance(t, torch.Tensor):
+            h.update(f"{name}:{t!r};".encode())
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{str(t.dtype)}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj, path)`` through a temporary file in the same folder and :func:`os.replace`."""
     with atomic_open(path) as f:
@@ -146,6 +195,7 @@ def model_payload(model: torch.nn.Module, training: Mapping[str, Any] | None = N
     if with_state:
         # Plain dict of detached CPU clones: no OrderedDict metadata, no views into live parameters.
         payload["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        payload["state_sha256"] = weights_checksum(payload["state_dict"])
     return payload
 
 
@@ -174,16 +224,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         CheckpointError: missing file, unreadable file, or a file that is not a crystalframer checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: file not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every failure mode of torch.load gets the same clear message
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"checkpoint {path}: not a readable crystalframer checkpoint ({type(e).__name__}: {msg[:300]}). "
-            "Checkpoints are loaded with torch.load(weights_only=True); files holding pickled objects are refused"
-        ) from e
+    ckpt = safe_torch_load(path, map_location=map_location)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path}: not a crystalframer checkpoint (holds a {type(ckpt).__name__})")
     if ckpt.get("format") != FORMAT and isinstance(ckpt.get("crystalframer"), dict) and "state_dict" in ckpt:
@@ -192,6 +233,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         prefix = "model."
         header["state_dict"] = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         ckpt = header
+    return check_payload(ckpt, path)
+
+
+def check_payload(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """Check a loaded checkpoint dict: format marker and version, required keys, weights checksum
+    (when stored) and finite weights. Returns ``ckpt``; raises :class:`CheckpointError` naming ``path``."""
     if ckpt.get("format") != FORMAT:
         keys = ", ".join(sorted(map(str, ckpt))[:8])
         raise CheckpointError(f"checkpoint {path}: not a crystalframer checkpoint (no format marker; keys: {keys})")
@@ -203,6 +250,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     for key in ("model_class", "config", "state_dict"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {path}: incomplete, '{key}' is missing")
+    state = ckpt["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path}: 'state_dict' must map names to tensors")
+    stored = ckpt.get("state_sha256")
+    if stored is not None and stored != weights_checksum(state):
+        raise CheckpointError(f"checkpoint {path}: the weights do not match their stored SHA-256 checksum; the "
+                              "file is corrupted or was edited")
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"checkpoint {path}: weight {name!r} holds non-finite values (NaN or inf)")
     return ckpt
 
 
@@ -223,8 +280,12 @@ def build_model(ckpt: Mapping[str, Any], model_class: type | None = None, source
         if cls is None:
             raise CheckpointError(f"{source}: unknown model class {name!r}; known: {sorted(MODEL_CLASSES)} "
                                   "(register custom classes with crystalframer.models.register_model)")
+    config = ckpt["config"]
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{source}: 'config' must be a mapping of constructor arguments")
+    _check_shapes(cls, config, ckpt["state_dict"], source)
     try:
-        model = cls(**ckpt["config"])
+        model = cls(**config)
     except TypeError as e:
         raise CheckpointError(f"{source}: cannot rebuild {name} from its stored config ({e}); it was written by "
                               f"crystalframer {ckpt.get('library_version', '?')}") from e
@@ -235,6 +296,26 @@ def build_model(ckpt: Mapping[str, Any], model_class: type | None = None, source
     _restore_target_info(model, ckpt.get("targets") or {})
     model.eval()
     return model
+
+
+def _check_shapes(cls: type, config: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Build ``cls(**config)`` on the meta device (no memory) and compare its weight shapes with ``state``:
+    a config that does not describe these weights (e.g. ``model_dim`` edited to 10**7) is refused before
+    the real model is allocated. Classes that cannot be built on the meta device skip this check."""
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in cls(**config).state_dict().items()}
+    except TypeError as e:
+        raise CheckpointError(f"{source}: cannot rebuild {cls.__name__} from its stored config ({e})") from e
+    except Exception:  # noqa: BLE001 - meta construction unsupported by this class: the strict load still checks
+        return
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    diff = [k for k in sorted(set(shapes) | set(got)) if shapes.get(k) != got.get(k)]
+    if diff:
+        k = diff[0]
+        raise CheckpointError(f"{source}: weights do not fit the stored config of {cls.__name__} ({len(diff)} "
+                              f"entries differ, e.g. {k!r}: config gives {shapes.get(k)}, weights are "
+                              f"{got.get(k)}); the file is corrupted or was edited")
 
 
 def _restore_target_info(model: torch.nn.Module, targets: Mapping[str, Any]) -> None:

@@ -44,19 +44,55 @@ def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
 
 
 def _read_config(path: str) -> dict[str, Any]:
+    """The mapping of settings in a YAML or JSON file; ``ValueError`` naming the file when it is not one."""
+    import yaml
+
     p = Path(path)
     if not p.is_file():
-        raise SystemExit(f"config file not found: {p}")
-    text = p.read_text()
-    if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        doc = yaml.safe_load(text) or {}
-    else:
-        doc = json.loads(text)
+        raise FileNotFoundError(f"config file not found: {p}")
+    try:
+        text = p.read_text()
+        if p.suffix.lower() in (".yaml", ".yml"):
+            doc = yaml.safe_load(text) or {}
+        else:
+            doc = json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        first = " ".join(str(e).split())[:200]
+        raise ValueError(f"config file {p} is not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'JSON'}"
+                         f": {first}") from None
     if not isinstance(doc, dict):
-        raise SystemExit(f"{p}: a config file must hold a mapping of settings")
+        raise ValueError(f"config file {p}: must hold a mapping of settings, not a {type(doc).__name__}")
     return doc
+
+
+def _count(minimum: int):
+    """argparse type: a whole number >= ``minimum`` (the error names the flag)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
+        return v
+
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
+
+
+_POSITIVE, _NON_NEGATIVE = _count(1), _count(0)
+
+
+def _check_outputs(outputs: Sequence[str | None], inputs: Sequence[str], overwrite: bool) -> None:
+    """Every command's output check, before any work: never an input, no silent overwrite, a writable
+    folder, and no two outputs on the same file."""
+    from crystalframer.atomic import OutputError, check_output
+
+    given = [o for o in outputs if o]
+    for k, out in enumerate(given):
+        check_output(out, inputs, overwrite)
+        if any(Path(out).resolve() == Path(o).resolve() for o in given[:k]):
+            raise OutputError(f"output {out} is given twice; choose different files")
 
 
 def _devices(text: str | None) -> Any:
@@ -74,6 +110,14 @@ def _device(text: str | None) -> str:
 
     if text in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(text)
+    except RuntimeError as e:
+        raise ValueError(f"--device {text}: not a device ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text}: CUDA is not available on this machine; use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return text
 
 
@@ -104,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--units", nargs="+", help="units of the targets, in order (for outputs)")
     g.add_argument("--binarize", action="append", metavar="TARGET=THRESHOLD",
                    help="classify TARGET > THRESHOLD (0/1 labels; use with --loss bce), e.g. band_gap=0")
-    g.add_argument("--limit", type=int, help="use at most N structures of each split (quick checks)")
+    g.add_argument("--limit", type=_POSITIVE, help="use at most N structures of each split (quick checks)")
     g.add_argument("--split-fractions", nargs=3, type=float, metavar=("TRAIN", "VAL", "TEST"),
                    help="random split of --data (default: its split column, else 0.8 0.1 0.1)")
     g.add_argument("--split-seed", type=int, help="seed of the random split (default 123)")
@@ -115,19 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model-type", help="model class (default CrystalFramer)")
     m.add_argument("--frame", help="frame method: max (CrystalFramer), none (Crystalformer), static, "
                    "weighted_pca, pca, lattice")
-    m.add_argument("--num-layers", type=int)
-    m.add_argument("--model-dim", type=int)
-    m.add_argument("--num-heads", type=int)
-    m.add_argument("--ff-dim", type=int)
+    m.add_argument("--num-layers", type=_POSITIVE)
+    m.add_argument("--model-dim", type=_POSITIVE)
+    m.add_argument("--num-heads", type=_POSITIVE)
+    m.add_argument("--ff-dim", type=_POSITIVE)
     m.add_argument("--cutoff", type=float, help="image cutoff radius in Å")
     m.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="any other model argument")
     m.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
     r = t.add_argument_group("recipe")
     r.add_argument("--preset", help="jarvis (256/2000/SWA 50, default), mp (128/800/50), oqmd (1024/200/20), quick, "
                    "ecn (ECN's own: 128/1000, MSE, plateau schedule)")
-    r.add_argument("--epochs", type=int)
-    r.add_argument("--swa-epochs", type=int)
-    r.add_argument("--batch-size", type=int, help="global batch size (split over devices)")
+    r.add_argument("--epochs", type=_POSITIVE)
+    r.add_argument("--swa-epochs", type=_NON_NEGATIVE)
+    r.add_argument("--batch-size", type=_POSITIVE, help="global batch size (split over devices)")
     r.add_argument("--lr", type=float)
     r.add_argument("--seed", type=int)
     r.add_argument("--loss", choices=["l1", "mse", "smooth_l1", "bce"],
@@ -139,14 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --output from its last checkpoint (or from CKPT)")
     o.add_argument("--accelerator", help="cpu, gpu, auto")
     o.add_argument("--devices", help="number of devices, a comma list of ids, or auto")
-    o.add_argument("--num-nodes", type=int)
+    o.add_argument("--num-nodes", type=_POSITIVE)
     o.add_argument("--strategy", help="Lightning strategy (default: ddp with several devices)")
     o.add_argument("--precision", help="32-true (default), bf16-mixed (linear layers in bf16; attention, "
                    "frames and sums stay float32) or 64-true")
-    o.add_argument("--num-workers", type=int, help="DataLoader workers")
+    o.add_argument("--num-workers", type=_NON_NEGATIVE, help="DataLoader workers")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("--no-tensorboard", action="store_true")
     o.add_argument("--no-plots", action="store_true")
+    o.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --output folder that already holds one, replacing its files")
 
     e = sub.add_parser("evaluate", help="score a checkpoint on labelled data (MAE, RMSE, R²; accuracy, ROC-AUC for classifiers)")
     e.add_argument("checkpoint")
@@ -157,9 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--targets", nargs="+", help="label columns (default: the model's target names)")
     e.add_argument("--output", "-o", help="CSV of predictions and labels")
     e.add_argument("--json", help="write the metrics to this JSON file")
-    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--batch-size", type=_POSITIVE, default=64)
     e.add_argument("--device", default="auto")
-    e.add_argument("--limit", type=int, help="use at most N structures")
+    e.add_argument("--limit", type=_POSITIVE, help="use at most N structures")
+    e.add_argument("--overwrite", action="store_true", help="replace existing --output/--json files")
 
     for name, what in (("predict", "predict targets of structure files"), ("embed", "pooled embeddings of structures")):
         q = sub.add_parser(name, help=what)
@@ -167,9 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("inputs", nargs="+", help="structure files (CIF, POSCAR, extxyz ...), folders or data tables")
         q.add_argument("--output", "-o", required=True,
                        help="output file: .csv" + (" or .npz" if name == "embed" else ""))
-        q.add_argument("--batch-size", type=int, default=64)
+        q.add_argument("--batch-size", type=_POSITIVE, default=64)
         q.add_argument("--device", default="auto")
-        q.add_argument("--strict", action="store_true", help="fail (exit 1) if any input cannot be read")
+        q.add_argument("--strict", action="store_true",
+                       help="fail (exit 1, nothing written) if any input cannot be read")
+        q.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("checkpoint")
@@ -236,8 +285,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from crystalframer.training.trainer import TrainConfig, train
 
     cfg = TrainConfig.from_dict(_train_config(args))
-    resume = args.resume
-    result = train(cfg, resume=resume, verbose=True)
+    cfg.resolved_recipe()  # unknown or ill-typed recipe settings fail here, before any data is read
+    result = train(cfg, resume=args.resume, verbose=True, overwrite=args.overwrite)
     if result.metrics:
         final = result.metrics.get("final_model", "swa")
         test = (result.metrics.get(final) or {}).get("test") or {}
@@ -300,6 +349,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.data:
         _err("error: give the data to evaluate on (DATA or --dataset)")
         return 2
+    if args.targets and len(set(args.targets)) != len(args.targets):
+        raise ValueError(f"--targets {' '.join(args.targets)}: a target is named more than once")
+    _check_outputs([args.output, args.json], [args.checkpoint, args.data], args.overwrite)
     device = _device(args.device)
     model = _load_model(args.checkpoint, device)
     names, units = target_info(model)
@@ -315,9 +367,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.output:
         write_predictions_csv(args.output, preds)
     if args.json:
-        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data,
-                                               "split": args.split, "metrics": metrics,
-                                               "skipped": len(errors)}, indent=2))
+        from crystalframer.atomic import atomic_open
+
+        with atomic_open(args.json, "w") as f:
+            f.write(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "split": args.split,
+                                "metrics": metrics, "skipped": len(errors)}, indent=2))
     return 0
 
 
@@ -347,6 +401,9 @@ def cmd_predict(args: argparse.Namespace, embed: bool = False) -> int:
 
     from crystalframer.training.evaluation import Predictions, predict_crystals, target_info, write_predictions_csv
 
+    from crystalframer.atomic import atomic_open
+
+    _check_outputs([args.output], [args.checkpoint, *args.inputs], args.overwrite)
     device = _device(args.device)
     model = _load_model(args.checkpoint, device)
     crystals, errors = _read_inputs(args.inputs)
@@ -355,8 +412,10 @@ def cmd_predict(args: argparse.Namespace, embed: bool = False) -> int:
     if not crystals:
         _err("error: none of the inputs could be read")
         return 1
+    if errors and args.strict:
+        _err(f"error: {len(errors)} input(s) could not be read (--strict); nothing written")
+        return 1
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     ids = [c.id for c in crystals]
     if embed:
         import torch
@@ -370,13 +429,15 @@ def cmd_predict(args: argparse.Namespace, embed: bool = False) -> int:
                 chunks.append(model.embed_batch(b).double().cpu().numpy())
         emb = np.concatenate(chunks)
         if out.suffix.lower() == ".npz":
-            np.savez(out, ids=np.array(ids, dtype=str), embeddings=emb)
+            with atomic_open(out) as f:
+                np.savez(f, ids=np.array(ids, dtype=str), embeddings=emb)
         else:
             import pandas as pd
 
             df = pd.DataFrame(emb, columns=[f"e{k}" for k in range(emb.shape[1])])
             df.insert(0, "id", ids)
-            df.to_csv(out, index=False)
+            with atomic_open(out, "w", newline="") as f:
+                df.to_csv(f, index=False)
         print(f"{len(ids)} embeddings ({emb.shape[1]} dims) written to {out}"
               + (f"; {len(errors)} inputs skipped" if errors else ""))
     else:
@@ -384,7 +445,7 @@ def cmd_predict(args: argparse.Namespace, embed: bool = False) -> int:
         names, units = target_info(model)
         write_predictions_csv(out, Predictions(p.ids, p.y_pred, None, names, units, p.task), with_truth=False)
         print(f"{len(ids)} predictions written to {out}" + (f"; {len(errors)} inputs skipped" if errors else ""))
-    return 1 if (errors and args.strict) else 0
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -41,7 +41,17 @@ def np_scalar(value: float, dtype: torch.dtype):
 
 
 def run_kernel(kernel, *args) -> None:
-    """Run a parallel kernel on torch's thread count."""
+    """Run a parallel kernel on torch's thread count, leaving that count as the caller set it.
+
+    Numba's OpenMP threading layer sets the process's OpenMP thread count when it starts, which torch
+    reads back as its own (1 would become the core count for the rest of the process, oversubscribing
+    shared nodes); the caller's setting is restored after every launch.
+    """
     with _LOCK:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        kernel(*args)
+        threads = torch.get_num_threads()
+        try:
+            numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+            kernel(*args)
+        finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)

@@ -15,6 +15,9 @@ never runs code from the file) holding flat arrays and a UTF-8 JSON header:
 ``targets``               (B, n_targets) float64, NaN = missing
 ========================  ====================================================================
 
+The header carries ``content_sha256``, the SHA-256 of the rest of the header and of every array; a file
+edited after it was written (even well-formed, at the right key) fails this check and is rebuilt.
+
 The key is the SHA-256 of the cache schema version, the versions of the parsers (pymatgen, ASE, this
 library), the validation constants, the reader settings and the content of the input (file bytes or a
 canonical encoding of in-memory objects). Files read indirectly (structure files named in a CSV or
@@ -41,7 +44,7 @@ from crystalframer.data.datasets import CrystalDataset
 from crystalframer.data.structures import MIN_DISTANCE, N_ELEMENTS, Crystal
 
 #: Bump when the file layout or anything that changes the parsed crystals changes.
-CACHE_SCHEMA_VERSION = 1
+CACHE_SCHEMA_VERSION = 2  # 2: content checksum in the header
 
 
 class Unhashable(TypeError):
@@ -157,6 +160,19 @@ def _feed(h, obj: Any, depth: int) -> None:
 
 # -- writing and reading -------------------------------------------------------------------------------
 
+_ARRAYS = ("lattice", "atom_ptr", "positions", "site_ptr", "species_index", "species_occupancy", "targets")
+
+
+def _content_sha256(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the header (without its checksum) and of the arrays' dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    doc = json.loads(json.dumps({k: v for k, v in header.items() if k != "content_sha256"}))  # as stored
+    h.update(json.dumps(doc, sort_keys=True).encode())
+    for name in _ARRAYS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode() + a.tobytes())
+    return h.hexdigest()
+
 
 def save_dataset(path: str | os.PathLike, dataset: CrystalDataset, key: str,
                  dependencies: dict[str, str] | None = None) -> Path:
@@ -185,11 +201,12 @@ def save_dataset(path: str | os.PathLike, dataset: CrystalDataset, key: str,
         "infos": infos if any(infos) else None,
     }
     arrays = dict(
-        header=np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
         lattice=np.asarray(lattice, np.float64), atom_ptr=atom_ptr, positions=np.asarray(positions, np.float64),
         site_ptr=site_ptr, species_index=z.astype(np.int16), species_occupancy=species[site, z].astype(np.float64),
         targets=targets,
     )
+    header["content_sha256"] = _content_sha256(header, arrays)
+    arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with atomic_open(path) as f:
         np.savez(f, **arrays)
     return path
@@ -220,8 +237,11 @@ def load_cached(path: str | os.PathLike, key: str) -> CrystalDataset | None:
             for dep, digest in header.get("dependencies", {}).items():
                 if _dep_digest(dep) != digest:
                     return None
-            a = {k: z[k] for k in ("lattice", "atom_ptr", "positions", "site_ptr", "species_index",
-                                   "species_occupancy", "targets")}
+            a = {k: z[k] for k in _ARRAYS}
+        if header.get("content_sha256") != _content_sha256(header, a):
+            warnings.warn(f"ignoring cache file {path}: its content does not match its checksum (edited or "
+                          "corrupted); rebuilding it", stacklevel=3)
+            return None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as e:
         warnings.warn(f"ignoring unreadable cache file {path}: {type(e).__name__}: {e}", stacklevel=3)
         return None

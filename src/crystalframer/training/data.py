@@ -22,7 +22,10 @@ from torch.utils.data import DataLoader, Sampler
 from crystalframer.data.structures import Crystal
 
 __all__ = ["DataSpec", "Splits", "EpochShardSampler", "ShardSampler", "CrystalDataModule", "resolve_data",
-           "SHARED_UNITS", "ListDataset", "select_targets"]
+           "SHARED_UNITS", "ListDataset", "select_targets", "check_labels", "data_digest"]
+
+#: Largest finite float32: targets beyond it become inf in the model's float32 arithmetic.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 #: Units of the natural targets of the shared data sets (written into checkpoints and CSV headers).
 SHARED_UNITS: dict[str, str] = {
@@ -84,6 +87,19 @@ class DataSpec:
     split_file: str | None = None
     load_options: dict[str, Any] = field(default_factory=dict)
     binarize: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.targets is not None:
+            if isinstance(self.targets, str):
+                self.targets = [self.targets]
+            dup = sorted({t for t in self.targets if list(self.targets).count(t) > 1})
+            if dup:
+                raise ValueError(f"targets {list(self.targets)} name {dup} more than once")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
+            raise ValueError(f"limit must be a whole number >= 1, got {self.limit!r}")
+        for t, thr in (self.binarize or {}).items():
+            _check_threshold(t, thr)
 
     def to_dict(self) -> dict[str, Any]:
         import dataclasses
@@ -147,13 +163,19 @@ def binarized_source(name: str) -> tuple[str, float] | None:
         return None
 
 
+def _check_threshold(target: str, thr: Any) -> float:
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(float(thr)):
+        raise ValueError(f"binarize threshold of {target!r} must be a finite number, got {thr!r}")
+    return float(thr)
+
+
 def binarize_targets(sets: dict[str, list[Crystal]], names: list[str], units: list[str],
                      thresholds: dict[str, float]) -> tuple[dict[str, list[Crystal]], list[str], list[str]]:
     """Replace each target named in ``thresholds`` by the 0/1 label ``value > threshold`` (NaN stays NaN)."""
     unknown = sorted(set(thresholds) - set(names))
     if unknown:
         raise ValueError(f"cannot binarize {unknown}: not among the targets {names}")
-    cols = {names.index(t): float(v) for t, v in thresholds.items()}
+    cols = {names.index(t): _check_threshold(t, v) for t, v in thresholds.items()}
     out = {}
     for split, crystals in sets.items():
         new = []
@@ -221,6 +243,46 @@ def resolve_data(spec: DataSpec) -> Splits:
     if len(units) != len(names):
         raise ValueError(f"{len(units)} units for {len(names)} targets {names}")
     return Splits(out["train"], out["val"], out["test"], list(names), units, errors)
+
+
+def check_labels(splits: Splits, task: str = "regression") -> None:
+    """Refuse data that cannot train a model, before any work is done (``ValueError`` naming the problem).
+
+    * every target needs at least one numeric label among the training structures (a column of text
+      reads as all-missing and would train on nothing, with a loss of 0);
+    * finite labels must fit in float32 (|y| < 3.4e38), the precision the model computes in;
+    * classification needs both classes among the training labels of every target (a threshold above
+      every value, or a constant column, would give a model that "scores" accuracy 1.0 by always
+      answering the same).
+    """
+    for split in ("train", "val", "test"):
+        for c in getattr(splits, split):
+            if c.targets is None:
+                continue
+            y = np.asarray(c.targets, np.float64).reshape(-1)
+            big = np.isfinite(y) & (np.abs(y) > FLOAT32_MAX)
+            if big.any():
+                k = int(np.argmax(big))
+                raise ValueError(f"{split} structure {c.id!r}: {splits.target_names[k]} = {y[k]:g} is beyond the "
+                                 f"float32 range (|y| <= {FLOAT32_MAX:.3g}); rescale the target")
+    labelled = [c for c in splits.train if c.targets is not None]
+    y = (np.stack([np.asarray(c.targets, np.float64).reshape(-1) for c in labelled]) if labelled
+         else np.zeros((0, len(splits.target_names))))
+    for k, name in enumerate(splits.target_names):
+        col = y[:, k][np.isfinite(y[:, k])] if y.shape[1] > k else np.zeros(0)
+        if not col.size:
+            raise ValueError(f"target {name!r} has no numeric label among the {len(splits.train)} training "
+                             "structures (missing or not numbers); check the column")
+        if task == "classification" and np.unique(col).size < 2:
+            raise ValueError(f"classification target {name!r} has only one class ({col[0]:g}) among the "
+                             f"{col.size} labelled training structures; choose a threshold inside the data's range")
+
+
+def data_digest(splits: Splits) -> str:
+    """SHA-256 of the structures, labels and split assignment of ``splits`` (identifies a run's data)."""
+    from crystalframer.data.cache import content_digest
+
+    return content_digest([splits.train, splits.val, splits.test, list(splits.target_names)])
 
 
 class EpochShardSampler(Sampler[int]):

@@ -18,7 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from crystalframer.checkpoint import model_payload
+from crystalframer.checkpoint import model_payload, weights_checksum
 from crystalframer.training.metrics import masked_loss
 from crystalframer.training.recipe import Recipe, build_optimizer, build_scheduler, in_swa_phase
 from crystalframer.training.swa import WeightAverager
@@ -285,6 +285,7 @@ class CrystalPropertyModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The self-describing header lets crystalframer.load() read this Lightning checkpoint too.
         checkpoint["crystalframer"] = model_payload(self.model, training=self.run_info, with_state=False)
+        checkpoint["crystalframer"]["state_sha256"] = weights_checksum(self.model.state_dict())
         checkpoint["crystalframer_train"] = {
             "swa": self.swa.state_dict() if self.swa is not None else None,
             "history": list(self.history),

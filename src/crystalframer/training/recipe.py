@@ -89,6 +89,7 @@ class Recipe:
     model: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.betas = tuple(float(b) for b in self.betas)  # JSON/YAML give lists
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -100,6 +101,32 @@ class Recipe:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+
+    def _check_types(self) -> None:
+        """Raise ``ValueError`` naming the first field whose value has the wrong type (e.g. ``lr="abc"``)."""
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for f in dataclasses.fields(self):
+            v, kind = getattr(self, f.name), str(f.type)
+            if v is None and "None" in kind:
+                continue
+            if kind.startswith("int"):
+                ok = isinstance(v, int) and not isinstance(v, bool)
+                want = "a whole number"
+            elif kind.startswith("float"):
+                ok, want = number(v), "a finite number"
+            elif kind == "bool":
+                ok, want = isinstance(v, bool), "true or false"
+            elif kind == "str":
+                ok, want = isinstance(v, str), "a string"
+            elif kind.startswith("tuple"):
+                ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(number(b) for b in v)
+                want = "two numbers"
+            else:
+                ok, want = isinstance(v, dict), "a mapping"
+            if not ok:
+                raise ValueError(f"recipe setting {f.name} must be {want}, got {v!r}")
 
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with some fields changed (unknown names raise ``TypeError``)."""

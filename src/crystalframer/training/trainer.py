@@ -30,10 +30,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from crystalframer.checkpoint import jsonable, library_version, load, save_model
+from crystalframer.atomic import check_writable_folder
+from crystalframer.checkpoint import CheckpointError, jsonable, library_version, load, safe_torch_load, save_model
 from crystalframer.data.structures import Crystal
-from crystalframer.training.data import CrystalDataModule, DataSpec, Splits, resolve_data
+from crystalframer.training.data import CrystalDataModule, DataSpec, Splits, check_labels, data_digest, resolve_data
 from crystalframer.training.evaluation import evaluate_crystals, write_predictions_csv
 from crystalframer.training.metrics import check_binary_labels, format_target_metrics, population_stats
 from crystalframer.training.recipe import Recipe, get_recipe
@@ -157,6 +159,10 @@ def build_model(config: TrainConfig, recipe: Recipe, target_names: Sequence[str]
                 target_units: Sequence[str]) -> torch.nn.Module:
     """A fresh model for these targets (or the ``init_from`` checkpoint's, for fine-tuning)."""
     if config.init_from:
+        given = sorted(config.model) + (["frame"] if config.frame is not None else [])
+        if given:
+            raise ValueError(f"init_from {config.init_from}: the architecture comes from the checkpoint; drop the "
+                             f"model settings {given} (they would be ignored)")
         model = load(config.init_from)
         n_old = int(model.target_mean.numel())
         if n_old != len(target_names):
@@ -180,6 +186,10 @@ def build_model(config: TrainConfig, recipe: Recipe, target_names: Sequence[str]
                          "(classification is chosen by loss: bce)")
     # Optional protocol keys are passed only to classes that accept them; model kwargs given explicitly win.
     kwargs = {**_accepted(cls, targets), **{k: v for k, v in kwargs.items() if k not in targets}}
+    unknown = sorted(set(kwargs) - set(_accepted(cls, kwargs)))
+    if unknown:
+        known = sorted(k for k in inspect.signature(cls.__init__).parameters if k != "self")
+        raise ValueError(f"unknown model settings {unknown} for {cls.__name__}; known: {known}")
     return cls(**kwargs)
 
 
@@ -249,6 +259,83 @@ def resolve_run_dir(config: TrainConfig, resume: bool | str = False) -> Path:
     return _default_run_dir(config)
 
 
+#: What a finished or started run leaves in its folder; a new run without --resume must not replace these.
+RUN_FILES = ("model.pt", "config.json", "config.yaml", "metrics.json", "history.csv", "predictions",
+             "checkpoints")
+
+
+def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
+    """Refuse to start a run in a folder that already holds one (unless ``overwrite``), or that cannot be
+    written. Raises ``FileExistsError`` naming the folder and what it holds."""
+    held = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if held and not overwrite:
+        raise FileExistsError(f"{run_dir} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+                              "--overwrite to replace it, or choose another --output")
+    check_writable_folder(run_dir, "run folder")
+
+
+def _changes(old: Mapping[str, Any], new: Mapping[str, Any], skip: Sequence[str] = ()) -> list[str]:
+    """'key: old -> new' for every key whose JSON value differs."""
+    old, new = jsonable(dict(old)), jsonable(dict(new))
+    return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in sorted(set(old) | set(new))
+            if k not in skip and old.get(k) != new.get(k)]
+
+
+#: Recipe fields that may change on resume (they do not change what is trained).
+_RESUMABLE = ("val_batch_size", "test_batch_size", "max_skipped_steps")
+
+
+def check_resume(ckpt: Mapping[str, Any], ckpt_path: Path, model: torch.nn.Module, recipe: Recipe,
+                 splits: Splits, data_sha256: str) -> None:
+    """Refuse to resume ``ckpt`` with another model class, architecture, recipe, targets or data.
+
+    ``ckpt`` is the Lightning checkpoint dict (its ``"crystalframer"`` header). Checkpoints written before
+    the data digest was stored are checked on the split sizes instead. Raises ``ValueError`` listing every
+    difference, before anything in the run folder is written.
+    """
+    header = ckpt.get("crystalframer")
+    if not isinstance(header, Mapping):
+        raise CheckpointError(f"checkpoint {ckpt_path}: not a crystalframer training checkpoint (no header)")
+    info = header.get("training") or {}
+    diffs = []
+    if header.get("model_class") != type(model).__name__:
+        diffs.append(f"model class: {header.get('model_class')!r} -> {type(model).__name__!r}")
+    else:
+        diffs += [f"model {d}" for d in _changes(header.get("config") or {}, getattr(model, "config", {}),
+                                                 skip=("target_units",))]
+    diffs += [f"recipe {d}" for d in _changes(info.get("recipe") or {}, recipe.to_dict(), skip=_RESUMABLE)]
+    if info.get("data_sha256") is not None:
+        if info["data_sha256"] != data_sha256:
+            diffs.append(f"data: SHA-256 {str(info['data_sha256'])[:12]}... -> {data_sha256[:12]}... (other "
+                         f"structures or labels; split sizes {info.get('split_sizes')} -> {splits.sizes()})")
+    elif info.get("split_sizes") is not None and dict(info["split_sizes"]) != splits.sizes():
+        diffs.append(f"data split sizes: {info['split_sizes']} -> {splits.sizes()}")
+    if diffs:
+        raise ValueError(f"cannot resume from {ckpt_path}: this run differs from the one that wrote it: "
+                         + "; ".join(diffs) + ". Resume with the run's own settings and data, or start a new "
+                         "run with another --output")
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that reads only with ``torch.load(weights_only=True)``.
+
+    Lightning would otherwise load the resume file itself, without ``weights_only`` on older versions (so
+    the environment, e.g. ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, decides whether pickled code runs). The
+    resume file is read once by :func:`train`, checked by :func:`check_resume`, and that same dict is
+    handed to Lightning here (``preloaded``: (path, dict)).
+    """
+
+    def __init__(self, preloaded: tuple[Path, dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.preloaded = preloaded
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None) -> dict[str, Any]:
+        if self.preloaded is not None and Path(path) == self.preloaded[0]:
+            ckpt, self.preloaded = self.preloaded[1], None
+            return ckpt
+        return safe_torch_load(path, map_location="cpu")
+
+
 def _write_config(run_dir: Path, config: TrainConfig, recipe: Recipe, model: torch.nn.Module,
                   splits: Splits, extra: dict[str, Any]) -> dict[str, Any]:
     doc = config.to_dict()
@@ -294,18 +381,22 @@ def _lightning_version() -> str:
 
 
 def train(config: TrainConfig | Mapping[str, Any], resume: bool | str = False, splits: Splits | None = None,
-          model: torch.nn.Module | None = None, callbacks: Sequence[Any] = (), verbose: bool = True) -> RunResult:
+          model: torch.nn.Module | None = None, callbacks: Sequence[Any] = (), verbose: bool = True,
+          overwrite: bool = False) -> RunResult:
     """Train a model with the published recipe and evaluate the SWA and best-validation models.
 
     Args:
         config: a :class:`TrainConfig` or its dict.
         resume: continue the run in ``config.output`` from its ``checkpoints/last.ckpt`` (True), or from
-            the given checkpoint path. A missing checkpoint starts the run from scratch.
+            the given checkpoint path. A missing checkpoint starts the run from scratch. The checkpoint is
+            read with ``weights_only=True`` and must match this run's model, recipe and data (checked
+            before anything is written).
         splits: data already in memory (overrides ``config.data``).
         model: a protocol model to train (overrides ``model_type``/``model``); its target
             normalisation is overwritten with the training split's statistics.
         callbacks: extra Lightning callbacks.
         verbose: print a summary at the start and the metrics at the end (rank 0).
+        overwrite: start a new run in a folder that already holds one (otherwise ``FileExistsError``).
     Returns:
         :class:`RunResult` (metrics, final and best models) on rank 0.
     """
@@ -321,15 +412,21 @@ def train(config: TrainConfig | Mapping[str, Any], resume: bool | str = False, s
     main = _is_main_process()
     run_dir = resolve_run_dir(config, resume)
     ckpt_path: Path | None = None
+    resume_ckpt: dict[str, Any] | None = None
     if resume:
         ckpt_path = Path(resume) if isinstance(resume, str) and Path(resume).is_file() else run_dir / "checkpoints" / "last.ckpt"
         if not ckpt_path.is_file():
             if main and verbose:
                 print(f"no checkpoint at {ckpt_path}: starting the run from scratch")
             ckpt_path = None
-    elif main and (run_dir / "checkpoints" / "last.ckpt").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
-                              "--output")
+        else:
+            resume_ckpt = safe_torch_load(ckpt_path, map_location="cpu")  # never unpickles objects
+            if not isinstance(resume_ckpt, dict):
+                raise CheckpointError(f"checkpoint {ckpt_path}: not a crystalframer training checkpoint")
+    if main and ckpt_path is None:
+        check_new_run_dir(run_dir, overwrite)
+    elif main:
+        check_writable_folder(run_dir, "run folder")
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # inherited by the DDP processes Lightning launches
 
     warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
@@ -351,13 +448,17 @@ def train(config: TrainConfig | Mapping[str, Any], resume: bool | str = False, s
             if part and all(c.targets is not None for c in part):
                 check_binary_labels(np.stack([np.asarray(c.targets, np.float64).reshape(-1) for c in part]),
                                     splits.target_names, [c.id for c in part])
+    check_labels(splits, task)
+    data_sha256 = data_digest(splits)
+    if resume_ckpt is not None:
+        check_resume(resume_ckpt, ckpt_path, model, recipe, splits, data_sha256)  # type: ignore[arg-type]
     # classification: the head outputs logits of the raw 0/1 labels
     mean, std = set_target_normalisation(model, splits.train, recipe.normalize_targets and task == "regression")
 
     steps_per_epoch = len(splits.train) // recipe.batch_size if recipe.drop_last else math.ceil(len(splits.train) / recipe.batch_size)
     run_info = {"data": config.data.to_dict() if isinstance(config.data, DataSpec) else config.data,
                 "preset": config.preset, "recipe": recipe.to_dict(), "split_sizes": splits.sizes(),
-                "target_mean": mean, "target_std": std, "seed": recipe.seed}
+                "target_mean": mean, "target_std": std, "seed": recipe.seed, "data_sha256": data_sha256}
     if main:
         _write_config(run_dir, config, recipe, model, splits, {"steps_per_epoch": steps_per_epoch,
                                                                "target_mean": mean, "target_std": std})
@@ -391,6 +492,7 @@ def train(config: TrainConfig | Mapping[str, Any], resume: bool | str = False, s
         log_every_n_steps=max(1, min(50, steps_per_epoch)), enable_progress_bar=config.progress_bar,
         enable_model_summary=False, use_distributed_sampler=False, deterministic=False,
         check_val_every_n_epoch=1,
+        plugins=[SafeCheckpointIO((ckpt_path, resume_ckpt) if resume_ckpt is not None else None)],
     )
     t0 = time.perf_counter()
     try:
