@@ -161,3 +161,209 @@ def test_metal_classifier_train_and_evaluate(shared_data, tmp_path, capsys):
     assert len(rows) == 10
     assert {r["band_gap>0_true"] for r in rows} <= {"0.0", "1.0"}
     assert all(0.0 < float(r["band_gap>0_probability"]) < 1.0 for r in rows)
+
+
+# -- hostile arguments, outputs and data: refused up front, with one line naming the problem -------------------
+
+
+def _perov_csv(shared_data, path="perov.csv", **change):
+    """A small perov_5 CSV in the current folder (relative path); ``change``: column -> new values."""
+    import pandas as pd
+
+    write_perov_csv(shared_data, Path(path), n_train=8, n_val=4, n_test=4)
+    df = pd.read_csv(path)
+    for col, values in change.items():
+        df[col] = values if not callable(values) else values(df[col])
+    df.to_csv(path, index=False)
+    return path
+
+
+SMALL = [*QUICK, *TINY_FLAGS, "--no-tensorboard", "--no-plots", "--epochs", "1", "--swa-epochs", "0"]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--data", "perov.csv", "--batch-size", "0"], "--batch-size"),
+    (["train", "--data", "perov.csv", "--batch-size", "-5"], "--batch-size"),
+    (["train", "--data", "perov.csv", "--limit", "0"], "--limit"),
+    (["train", "--data", "perov.csv", "--limit", "-3"], "--limit"),
+    (["predict", "model.pt", "a.cif", "-o", "p.csv", "--batch-size", "0"], "--batch-size"),
+    (["evaluate", "model.pt", "perov.csv", "--limit", "-3"], "--limit"),
+])
+def test_counts_below_one_are_refused_by_the_parser(tmp_path, monkeypatch, capsys, argv, flag):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model-arg", "num_layer=1"], "unknown model settings ['num_layer']"),
+    (["--recipe-arg", "lr=abc"], "recipe setting lr must be a finite number, got 'abc'"),
+    (["--recipe-arg", "learning_rate=0.1"], "unknown recipe settings ['learning_rate']"),
+    (["--targets", "heat_all", "heat_all"], "name ['heat_all'] more than once"),
+    (["--init-from", "model.pt"], "the architecture comes from the checkpoint"),
+    (["--binarize", "heat_all=nan", "--loss", "bce"], "threshold of 'heat_all' must be a finite number"),
+    (["--binarize", "heat_all=100", "--loss", "bce"], "only one class"),
+    (["--config", "bad.yaml"], "config file bad.yaml is not valid YAML"),
+    (["--config", "bad.json"], "config file bad.json is not valid JSON"),
+])
+def test_bad_train_settings_fail_in_one_line_before_anything_is_written(shared_data, tmp_path, monkeypatch, capsys,
+                                                                        extra, message):
+    monkeypatch.chdir(tmp_path)
+    _perov_csv(shared_data)
+    Path("bad.yaml").write_text("recipe: {lr: [1, 2\n")
+    Path("bad.json").write_text('{"recipe": {"lr": 1e-3,}}')
+    Path("model.pt").write_bytes(b"")  # never read: the settings are refused first
+    if "--targets" not in extra:
+        extra = ["--targets", "heat_all", *extra]
+    assert main(["train", "--data", "perov.csv", *SMALL, *extra, "-o", "run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not Path("run").exists()
+
+
+@pytest.mark.parametrize("column, message", [
+    (lambda y: ["n/a"] * len(y), "no numeric label among the 8 training structures"),
+    (lambda y: y * 1e40, "beyond the float32 range"),
+])
+def test_labels_that_cannot_train_fail_before_training(shared_data, tmp_path, monkeypatch, capsys, column, message):
+    monkeypatch.chdir(tmp_path)
+    _perov_csv(shared_data, heat_all=column)
+    assert main(["train", "--data", "perov.csv", "--targets", "heat_all", *SMALL, "-o", "run"]) == 2
+    assert message in capsys.readouterr().err
+    assert not Path("run").exists()
+
+
+def test_train_never_replaces_an_existing_run_without_overwrite(trained, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    out, root = trained
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(out, "run", ignore=shutil.ignore_patterns("checkpoints"))  # results, no resume state
+    before = {p: p.read_bytes() for p in Path("run").rglob("*") if p.is_file()}
+    argv = ["train", "--dataset", "perov_5", "--data-root", str(root), "--frame", "max", *QUICK, *TINY_FLAGS,
+            "--no-tensorboard", "--no-plots", "--epochs", "1", "--swa-epochs", "0", "-o", "run"]
+    assert main(argv) == 2
+    assert "run already holds a run" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in Path("run").rglob("*") if p.is_file()} == before
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads(Path("run/metrics.json").read_text())["epochs"] == 1
+
+
+def test_resume_with_other_flags_names_the_difference_and_keeps_the_config(trained, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    out, root = trained
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(out, "run")
+    config = Path("run/config.json").read_bytes()
+    assert main(["train", "--resume", "-o", "run", "--model-dim", "64", "--no-progress"]) == 2
+    assert "model model_dim: 32 -> 64" in capsys.readouterr().err
+    assert Path("run/config.json").read_bytes() == config
+    assert main(["train", "--resume", "-o", "run", "--limit", "8", "--no-progress"]) == 2
+    assert "data: SHA-256" in capsys.readouterr().err
+    assert Path("run/config.json").read_bytes() == config
+
+
+def test_resume_refuses_a_checkpoint_that_runs_code(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    monkeypatch.chdir(tmp_path)
+    Path("run/checkpoints").mkdir(parents=True)
+    torch.save({"epoch": 0, "payload": _Touch("pwned")}, "run/checkpoints/last.ckpt")
+    Path("run/config.json").write_text(json.dumps({"data": {"source": "none.csv"}}))
+    assert main(["train", "--resume", "-o", "run", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "run/checkpoints/last.ckpt" in err and "pickled objects are refused" in err
+    assert not Path("pwned").exists()
+
+
+class _Touch:
+    """Unpickling this creates a file: what an attacker's checkpoint would do with os.system."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __reduce__(self):
+        return (open, (self.name, "w"))
+
+
+@pytest.fixture()
+def workdir(trained, shared_data, tmp_path, monkeypatch):
+    """The current folder holds model.pt, a.cif, structures/a.cif and perov.csv (relative paths, as users type
+    them)."""
+    import shutil
+
+    out, _ = trained
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(out / "model.pt", "model.pt")
+    (f,) = _structure_files(shared_data, Path("structures"), n=1)
+    f.rename("structures/a.cif")
+    shutil.copy("structures/a.cif", "a.cif")
+    _perov_csv(shared_data)
+    return {p: Path(p).read_bytes() for p in ("model.pt", "structures/a.cif", "a.cif", "perov.csv")}
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "model.pt", "structures/a.cif", "-o", "model.pt", "--overwrite"],
+    ["predict", "model.pt", "structures/a.cif", "-o", "structures/a.cif", "--overwrite"],
+    ["predict", "model.pt", "structures/", "-o", "structures/../model.pt", "--overwrite"],
+    ["embed", "model.pt", "structures/a.cif", "-o", "./structures/a.cif", "--overwrite"],
+    ["evaluate", "model.pt", "perov.csv", "--json", "perov.csv", "--overwrite"],
+    ["evaluate", "model.pt", "perov.csv", "-o", "model.pt", "--overwrite"],
+])
+def test_outputs_never_replace_an_input(workdir, capsys, argv):
+    assert main([*argv, "--device", "cpu"]) == 2
+    assert "is also an input" in capsys.readouterr().err
+    assert {p: Path(p).read_bytes() for p in workdir} == workdir
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "model.pt", "a.cif", "-o", "old.csv"],
+    ["embed", "model.pt", "a.cif", "-o", "old.csv"],
+    ["evaluate", "model.pt", "perov.csv", "-o", "old.csv"],
+    ["evaluate", "model.pt", "perov.csv", "--json", "old.csv"],
+])
+def test_existing_outputs_need_overwrite(workdir, capsys, argv):
+    Path("old.csv").write_text("keep me\n")
+    assert main([*argv, "--device", "cpu"]) == 2
+    assert "old.csv already exists; pass --overwrite" in capsys.readouterr().err
+    assert Path("old.csv").read_text() == "keep me\n"
+    assert main([*argv, "--device", "cpu", "--overwrite"]) == 0
+    assert Path("old.csv").read_text() != "keep me\n"
+
+
+def test_strict_leaves_no_output_file(workdir, capsys):
+    Path("broken.cif").write_text("data_broken\n_cell_length_a 3.0\nthis is not a CIF\n")
+    assert main(["predict", "model.pt", "a.cif", "broken.cif", "-o", "p.csv", "--strict",
+                 "--device", "cpu"]) == 1
+    assert "nothing written" in capsys.readouterr().err and not Path("p.csv").exists()
+
+
+def test_unwritable_output_folder_fails_before_any_work(workdir, monkeypatch, capsys):
+    import crystalframer.training.evaluation as ev
+
+    def never(*a, **k):
+        raise AssertionError("predicted before checking the output")
+
+    monkeypatch.setattr(ev, "predict_crystals", never)
+    monkeypatch.setattr(ev, "evaluate_crystals", never)
+    # /proc refuses new files even to root; a chmod-ed folder would not stop root
+    assert main(["predict", "model.pt", "structures/a.cif", "-o", "/proc/self/p.csv", "--device", "cpu"]) == 2
+    assert "/proc/self" in capsys.readouterr().err
+    assert main(["train", "--data", "perov.csv", "--targets", "heat_all", *SMALL, "-o", "/proc/self/run"]) == 2
+    assert "run folder /proc/self/run" in capsys.readouterr().err
+
+
+def test_device_cuda_without_cuda_is_named(workdir, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["predict", "model.pt", "structures/a.cif", "-o", "p.csv", "--device", "cuda"]) == 2
+    assert "--device cuda: CUDA is not available" in capsys.readouterr().err
+    assert not Path("p.csv").exists()
+
+
+def test_absurd_model_size_in_a_checkpoint_is_refused(workdir, capsys):
+    raw = torch.load("model.pt", weights_only=True)
+    raw["config"]["model_dim"] = 10**7
+    torch.save(raw, "huge.pt")
+    with pytest.raises(SystemExit, match="huge.pt: weights do not fit"):
+        main(["predict", "huge.pt", "structures/a.cif", "-o", "p.csv", "--device", "cpu"])

@@ -111,3 +111,18 @@ def test_dataframe_content_key_and_corrupt_file(tmp_path, good_structures):
     assert zipfile.is_zipfile(b.cache_path) and load_cached(b.cache_path, b.cache_path.stem) is not None
     assert load_cached(b.cache_path, "0" * 64) is None  # another key never matches
     assert clear_cache(cache) == 2  # two contents were cached: df and the moved one
+
+
+def test_an_edited_cache_file_at_the_right_key_is_not_trusted(tmp_path, csv_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = load_dataset(csv_file.name, targets=["y"], cache_dir="cache")
+    with np.load(first.cache_path, allow_pickle=False) as z:
+        arrays = {k: z[k].copy() for k in z.files}
+    arrays["targets"][0, 0] = 1234.5  # well-formed, same key, other labels
+    with open(first.cache_path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.warns(UserWarning, match="does not match its checksum"):
+        again = load_dataset(csv_file.name, targets=["y"], cache_dir="cache")
+    assert not again.from_cache
+    _same(first, again)
+    assert load_dataset(csv_file.name, targets=["y"], cache_dir="cache").from_cache  # rebuilt and trusted again
