@@ -265,13 +265,13 @@ def test_resume_with_other_flags_names_the_difference_and_keeps_the_config(train
     assert Path("run/config.json").read_bytes() == config
 
 
-def test_resume_refuses_a_checkpoint_that_runs_code(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+def test_resume_refuses_a_checkpoint_that_runs_code(shared_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # a common setting: unsafe torch.load default
     monkeypatch.chdir(tmp_path)
+    _perov_csv(shared_data)
     Path("run/checkpoints").mkdir(parents=True)
     torch.save({"epoch": 0, "payload": _Touch("pwned")}, "run/checkpoints/last.ckpt")
-    Path("run/config.json").write_text(json.dumps({"data": {"source": "none.csv"}}))
-    assert main(["train", "--resume", "-o", "run", "--no-progress"]) == 2
+    assert main(["train", "--resume", "-o", "run", "--data", "perov.csv", "--targets", "heat_all", *SMALL]) == 2
     err = capsys.readouterr().err
     assert "run/checkpoints/last.ckpt" in err and "pickled objects are refused" in err
     assert not Path("pwned").exists()
