@@ -204,6 +204,7 @@ def test_counts_below_one_are_refused_by_the_parser(tmp_path, monkeypatch, capsy
     (["--init-from", "model.pt"], "the architecture comes from the checkpoint"),
     (["--binarize", "heat_all=nan", "--loss", "bce"], "threshold of 'heat_all' must be a finite number"),
     (["--binarize", "heat_all=100", "--loss", "bce"], "only one class"),
+    (["--binarize", "heat_all=high", "--loss", "bce"], "--binarize heat_all=high: the threshold must be a number"),
     (["--config", "bad.yaml"], "config file bad.yaml is not valid YAML"),
     (["--config", "bad.json"], "config file bad.json is not valid JSON"),
 ])
@@ -312,6 +313,7 @@ def workdir(trained, shared_data, tmp_path, monkeypatch):
     ["evaluate", "model.pt", "perov.csv", "-o", "model.pt", "--overwrite"],
 ])
 def test_outputs_never_replace_an_input(workdir, capsys, argv):
+    """Even with --overwrite, the checkpoint, a structure file or the data table is never written over."""
     assert main([*argv, "--device", "cpu"]) == 2
     assert "is also an input" in capsys.readouterr().err
     assert {p: Path(p).read_bytes() for p in workdir} == workdir
@@ -352,6 +354,11 @@ def test_unwritable_output_folder_fails_before_any_work(workdir, monkeypatch, ca
     assert "/proc/self" in capsys.readouterr().err
     assert main(["train", "--data", "perov.csv", "--targets", "heat_all", *SMALL, "-o", "/proc/self/run"]) == 2
     assert "run folder /proc/self/run" in capsys.readouterr().err
+
+
+def test_duplicate_evaluation_targets_are_refused(workdir, capsys):
+    assert main(["evaluate", "model.pt", "perov.csv", "--targets", "heat_all", "heat_all", "--device", "cpu"]) == 2
+    assert "named more than once" in capsys.readouterr().err
 
 
 def test_device_cuda_without_cuda_is_named(workdir, monkeypatch, capsys):

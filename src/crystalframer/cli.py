@@ -248,7 +248,12 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
         if val is not None:
             data[key] = val
     if args.binarize:
-        data["binarize"] = {k: float(v) for k, v in _pairs(args.binarize, "--binarize").items()}
+        data["binarize"] = _pairs(args.binarize, "--binarize")
+        for k, v in data["binarize"].items():
+            try:
+                data["binarize"][k] = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"--binarize {k}={v}: the threshold must be a number") from None
     if args.cache_dir:
         data["load_options"] = {**(data.get("load_options") or {}), "cache_dir": args.cache_dir}
     cfg["data"] = data
