@@ -145,7 +145,7 @@ def weights_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
             continue
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{str(t.dtype)}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
