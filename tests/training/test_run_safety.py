@@ -120,3 +120,12 @@ def test_a_classifier_with_one_class_is_refused(splits, tmp_path):
     with pytest.raises(ValueError, match="only one class"):
         train(cfg, splits=one, verbose=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(splits, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")  # written at the start, before the first epoch ended
+    with pytest.raises(FileExistsError, match=r"already holds a run \(config.json\)"):
+        train(_config(tmp_path / "run"), splits=splits, verbose=False)
+    result = train(_config(tmp_path / "run"), resume=True, splits=splits, verbose=False)
+    assert result.metrics["global_steps"] == 2 and (tmp_path / "run" / "model.pt").is_file()

@@ -262,12 +262,14 @@ def resolve_run_dir(config: TrainConfig, resume: bool | str = False) -> Path:
 #: What a finished or started run leaves in its folder; a new run without --resume must not replace these.
 RUN_FILES = ("model.pt", "config.json", "config.yaml", "metrics.json", "history.csv", "predictions",
              "checkpoints")
+#: The results of a finished run: never replaced by a run started over (even one asked to resume).
+RUN_RESULTS = ("model.pt", "metrics.json", "predictions")
 
 
-def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
-    """Refuse to start a run in a folder that already holds one (unless ``overwrite``), or that cannot be
-    written. Raises ``FileExistsError`` naming the folder and what it holds."""
-    held = [name for name in RUN_FILES if (run_dir / name).exists()]
+def check_new_run_dir(run_dir: Path, overwrite: bool = False, names: Sequence[str] = RUN_FILES) -> None:
+    """Refuse to start a run in a folder that already holds one (any of ``names``; unless ``overwrite``), or
+    that cannot be written. Raises ``FileExistsError`` naming the folder and what it holds."""
+    held = [name for name in names if (run_dir / name).exists()]
     if held and not overwrite:
         raise FileExistsError(f"{run_dir} already holds a run ({', '.join(held)}); pass --resume to continue it, "
                               "--overwrite to replace it, or choose another --output")
@@ -424,7 +426,8 @@ def train(config: TrainConfig | Mapping[str, Any], resume: bool | str = False, s
             if not isinstance(resume_ckpt, dict):
                 raise CheckpointError(f"checkpoint {ckpt_path}: not a crystalframer training checkpoint")
     if main and ckpt_path is None:
-        check_new_run_dir(run_dir, overwrite)
+        # --resume of a run killed before its first checkpoint starts it again; finished results stay
+        check_new_run_dir(run_dir, overwrite, RUN_RESULTS if resume else RUN_FILES)
     elif main:
         check_writable_folder(run_dir, "run folder")
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # inherited by the DDP processes Lightning launches
