@@ -385,6 +385,9 @@ def _read_atoms(atoms: Any, id: str | None) -> tuple[str, np.ndarray, np.ndarray
                                          f"element with Z in 1..{N_ELEMENTS}")
     species: list = [int(z) for z in numbers]
     occ = atoms.info.get("occupancy")
+    if occ is not None and not isinstance(occ, dict):
+        raise InvalidStructureError(sid, f"atoms.info['occupancy'] must be a dict {{site kind: {{symbol: "
+                                         f"occupancy}}}}, got {type(occ).__name__}")
     if occ:
         kinds = atoms.arrays.get("spacegroup_kinds")
         kinds = atoms.get_tags() if kinds is None else kinds
