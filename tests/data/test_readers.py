@@ -422,9 +422,9 @@ def test_every_ase_route_matches_pymatgen_on_real_files(shared_data, tmp_path, m
             .head(3).itertuples()]
     rows += [("mp_20", r.material_id, r.cif) for r in read_csv_gz(shared_data / "mp_20_subset" /
                                                                   "mp20_resplit_test_subset.csv.gz").head(3).itertuples()]
-    for _, sid, cif in rows:
+    for name, sid, cif in rows:
         s = Structure.from_str(cif, fmt="cif", primitive=False)
-        routes = _ase_routes(s, Path("real"), str(sid))
+        routes = _ase_routes(s, Path("real"), f"{name}-{sid}")
         assert len(set(routes["ase cif"].atomic_numbers.tolist())) == len(s.composition.elements) > 1
         _check_routes(routes, tiny_predictor)
 
