@@ -15,7 +15,10 @@ One entry point, :func:`load_dataset`, recognises the source and calls one of:
 * :func:`read_dataframe` — a pandas DataFrame (cells may hold ``Structure``/``Atoms`` objects too).
 * :func:`read_structure_list` — a list of structures with targets given as {name: values}.
 
-Every ``.gz`` variant is accepted. Each entry is validated (see
+A multi-block CIF file gives one structure per block, ids ``<file id>#<k>`` with k = 0, 1, ... in file order
+(refused where one row of targets would label them all); a VASP 4 POSCAR without element names is refused.
+Paths given to a reader are relative to the working directory; paths inside a CSV or DataFrame to its
+``base_dir`` (the CSV's folder). Repeated ids are warned about once. Every ``.gz`` variant is accepted. Each entry is validated (see
 :func:`crystalframer.data.structures.to_crystal`); with ``on_error="skip"`` a bad entry (unreadable text,
 overlapping atoms, unknown element, NaN coordinates, unknown split label, ...) is recorded in
 ``dataset.errors`` as (index in the source, id, message) and skipped, and everything else is kept. A
