@@ -85,3 +85,55 @@ def read_csv_gz(path: Path):
 
     with gzip.open(path, "rt") as f:
         return pd.read_csv(f)
+
+
+@pytest.fixture(scope="session")
+def ase_route_cells():
+    """Small pymatgen cells for the ASE-route tests: SrTiO3, rattled NaCl and a cell with a partially
+    occupied site (Fe0.5Co0.5 plus a 0.75-occupied Sr), ids in ``properties['id']``."""
+    from pymatgen.core import Lattice, Structure
+
+    srtio3 = Structure(Lattice.cubic(3.905), ["Sr", "Ti", "O", "O", "O"],
+                       [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    nacl = _rattle(Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
+                                             [[0, 0, 0], [0.5, 0.5, 0.5]]), seed=4)
+    partial = Structure(Lattice.orthorhombic(4.0, 4.2, 4.4), [{"Fe": 0.5, "Co": 0.5}, "O", {"Sr": 0.75}],
+                        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0]])
+    for s, name in zip((srtio3, nacl, partial), ("SrTiO3", "NaCl-rattled", "FeCoSrO-partial")):
+        s.properties["id"] = name
+    return [srtio3, nacl, partial]
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor():
+    """An untrained one-layer Crystalformer (frame "none", dims 16, float64) for comparing two input routes.
+
+    Without frames the prediction does not depend on the atom order (ASE and pymatgen order sites
+    differently), so equal predictions mean equal species and geometry; a max frame breaks the ties of
+    symmetric cells by atom order."""
+    import torch
+
+    import crystalframer as cf
+
+    torch.manual_seed(0)
+    return cf.CrystalFramer(frame="none", num_layers=1, model_dim=16, num_heads=2, ff_dim=32, head_dims=[16],
+                            dist_bins=8, angle_bins=8, cutoff=4.0, frame_noise=0.0).double().eval()
+
+
+def same_sites(a, b, atol: float = 1e-6) -> bool:
+    """Crystals ``a`` and ``b`` hold the same cell (up to a rotation: equal metric L Lᵀ, as ASE and pymatgen
+    orient a cell from its parameters differently) and the same sites (species and fractional position
+    modulo 1), in any order."""
+    if a.num_atoms != b.num_atoms or not np.allclose(a.lattice @ a.lattice.T, b.lattice @ b.lattice.T,
+                                                     atol=atol * 100):
+        return False
+    fa, fb = a.positions @ np.linalg.inv(a.lattice), b.positions @ np.linalg.inv(b.lattice)
+    used = set()
+    for p, sp in zip(fa, a.species):
+        d = fb - p
+        d = np.abs(d - np.round(d)).max(axis=1)
+        hits = [j for j in np.nonzero(d < atol)[0] if j not in used and np.allclose(b.species[j], sp, atol=1e-9)]
+        if not hits:
+            return False
+        used.add(hits[0])
+    return True

@@ -374,3 +374,48 @@ def test_absurd_model_size_in_a_checkpoint_is_refused(workdir, capsys):
     torch.save(raw, "huge.pt")
     with pytest.raises(SystemExit, match="huge.pt: weights do not fit"):
         main(["predict", "huge.pt", "structures/a.cif", "-o", "p.csv", "--device", "cpu"])
+
+def test_relative_paths_with_a_folder_part_through_the_cli(tmp_path, monkeypatch, capsys):
+    """The README's own form: ``crystalframer predict model.pt structures/a.cif`` from the working folder;
+    the same for folders, embed, evaluate and train --data."""
+    from pymatgen.core import Lattice, Structure
+
+    from crystalframer.checkpoint import save_model
+    from tests.training.helpers import tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    save_model(tiny_model(), "model.pt")
+    Path("structures").mkdir()
+    rng = np.random.default_rng(0)
+    names = []
+    for k in range(10):
+        a = 3.8 + 0.05 * k
+        s = Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"],
+                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+        s.to(filename=f"structures/s{k}.cif")
+        names.append(f"s{k}")
+    Path("structures/id_prop.csv").write_text("".join(f"{n},{rng.normal():.6f}\n" for n in names))
+
+    assert main(["predict", "model.pt", "structures/s0.cif", "structures/s1.cif", "-o", "out/one.csv",
+                 "--device", "cpu", "--strict"]) == 0
+    with open("out/one.csv") as f:
+        assert [r["id"] for r in csv.DictReader(f)] == ["s0", "s1"]
+    assert main(["predict", "model.pt", "structures", "-o", "out/all.csv", "--device", "cpu", "--strict"]) == 0
+    with open("out/all.csv") as f:
+        assert sorted(r["id"] for r in csv.DictReader(f)) == sorted(names)
+    assert main(["embed", "model.pt", "structures/", "-o", "out/emb.npz", "--device", "cpu", "--strict"]) == 0
+    assert np.load("out/emb.npz")["embeddings"].shape == (10, 32)
+    assert main(["evaluate", "model.pt", "structures", "--device", "cpu"]) == 0
+    assert "heat_all: MAE" in capsys.readouterr().out
+    assert main(["train", "--data", "structures", "--targets", "target", "--frame", "none", *QUICK, *TINY_FLAGS,
+                 "--epochs", "1", "--swa-epochs", "0", "--no-tensorboard", "--no-plots", "-o", "runs/r"]) == 0
+    assert Path("runs/r/model.pt").is_file()
+    # the same name twice (two folders) is warned about once
+    Path("other").mkdir()
+    Path("structures/s0.cif").rename("other/s0.cif")
+    Path("structures/s1.cif").rename("other/s1.cif")
+    Path("structures/s1.cif").write_text(Path("other/s1.cif").read_text())
+    with pytest.warns(UserWarning, match=r"inputs: 1 duplicate id\(s\): 's1'"):
+        assert main(["predict", "model.pt", "other/s0.cif", "other/s1.cif", "structures/s1.cif", "-o",
+                     "out/dup.csv", "--device", "cpu"]) == 0

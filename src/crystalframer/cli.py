@@ -381,8 +381,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _read_inputs(paths: Sequence[str]):
-    """Crystals of every input (files, folders, tables); unreadable inputs are listed, not fatal."""
+    """Crystals of every input (files, folders, tables); unreadable inputs are listed, not fatal.
+
+    Relative paths are relative to the working directory; ids repeated across the inputs are warned
+    about once.
+    """
+    import warnings
+
     from crystalframer.data.readers import load_dataset
+    from crystalframer.data.structures import warn_duplicate_ids
 
     crystals, errors = [], []
     for raw in paths:
@@ -391,13 +398,16 @@ def _read_inputs(paths: Sequence[str]):
             errors.append((raw, "file not found"))
             continue
         try:
-            ds = load_dataset(p, on_error="skip")
+            with warnings.catch_warnings():  # duplicates are reported once below, over all the inputs
+                warnings.filterwarnings("ignore", message=r".*duplicate id")
+                ds = load_dataset(p, on_error="skip")
         except Exception as e:  # noqa: BLE001 - report any reader failure and go on with the other inputs
             errors.append((raw, f"{type(e).__name__}: {e}"))
             continue
         crystals += list(ds)
         single = p.is_file() and len(ds) + len(ds.errors) == 1  # one structure file: its path says it all
         errors += [(raw if single else f"{raw} [{e[1]}]", e[2]) for e in ds.errors]
+    warn_duplicate_ids([c.id for c in crystals], "inputs")
     return crystals, errors
 
 

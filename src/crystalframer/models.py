@@ -27,9 +27,7 @@ class PredictorMixin:
     """``predict`` and ``embed`` on pymatgen Structures, ASE Atoms, file paths or Crystals."""
 
     def _batches(self, structures: Any, batch_size: int, on_error: str):
-        if isinstance(structures, (str, Crystal)) or hasattr(structures, "lattice") or hasattr(structures, "cell"):
-            structures = [structures]
-        crystals, errors = read_structures(list(structures), on_error=on_error)
+        crystals, errors = read_structures(structures, on_error=on_error)
         for k in range(0, len(crystals), batch_size):
             yield crystals[k:k + batch_size]
         self.last_errors = errors
@@ -55,9 +53,10 @@ class PredictorMixin:
         """Predict targets in their original units (probabilities of class 1 for a classification model).
 
         Args:
-            structures: pymatgen ``Structure`` / ASE ``Atoms`` / file paths / :class:`Crystal` (or one of them).
+            structures: pymatgen ``Structure`` / ASE ``Atoms`` / file paths (``str`` or ``Path``; a
+                multi-block CIF gives one row per block) / structure dicts / :class:`Crystal`, or one of them.
             on_error: ``"raise"`` (default) or ``"skip"``: bad structures are left out and listed in
-                ``model.last_errors`` as (index, id, message).
+                ``model.last_errors`` as (index, id, message). Any other value is a ValueError.
         Returns:
             (n, n_targets) float64 array.
         """

@@ -357,3 +357,193 @@ def test_ids_fall_back_to_row_numbers(good_structures):
         warnings.simplefilter("error")  # nothing to warn about
         ds = load_dataset(df)
     assert ds.ids == ["0", "1"] and ds.target_names == ()
+
+
+# -- ASE routes against the pymatgen route ------------------------------------------------------------------
+
+
+def _ase_routes(structure, folder: Path, tag: str) -> dict:
+    """Crystals of ``structure`` through every ASE route, read from files in ``folder`` (relative paths)."""
+    import ase.io
+    from ase.db import connect
+    from pymatgen.io.cif import CifWriter
+
+    from crystalframer.data.structures import to_crystal
+
+    cif = folder / f"{tag}.cif"
+    CifWriter(structure).write_file(str(cif))
+    atoms = ase.io.read(str(cif))  # ASE's own CIF reader: occupancies keyed by spacegroup_kinds
+    out = {"pymatgen file": load_dataset(cif, on_error="raise")[0], "ase cif": to_crystal(atoms)}
+    ase.io.write(str(folder / f"{tag}.extxyz"), atoms, format="extxyz")
+    out["ase extxyz"] = load_dataset(folder / f"{tag}.extxyz", on_error="raise")[0]
+    if structure.is_ordered:  # POSCAR and ASE's database hold one element per site
+        structure.to(filename=str(folder / f"{tag}.vasp"), fmt="poscar")
+        out["ase poscar"] = to_crystal(ase.io.read(str(folder / f"{tag}.vasp"), format="vasp"))
+        with connect(str(folder / f"{tag}.db")) as db:
+            db.write(atoms, material_id=tag)
+        out["ase db"] = load_dataset(folder / f"{tag}.db", on_error="raise")[0]
+    return out
+
+
+def _check_routes(routes: dict, model) -> None:
+    from tests.conftest import same_sites
+
+    ref = routes.pop("pymatgen file")
+    y_ref = model.predict([ref])
+    for route, c in routes.items():
+        assert same_sites(c, ref), f"{route}: species or coordinates differ from pymatgen's"
+        np.testing.assert_allclose(model.predict([c]), y_ref, rtol=1e-6, atol=1e-8, err_msg=route)  # files: ~1e-9 Å
+
+
+def test_every_ase_route_matches_pymatgen_on_small_cells(tmp_path, monkeypatch, ase_route_cells, tiny_predictor):
+    monkeypatch.chdir(tmp_path)
+    Path("cells").mkdir()
+    for s in ase_route_cells:
+        routes = _ase_routes(s, Path("cells"), s.properties["id"])
+        assert len(routes) == (5 if s.is_ordered else 3)
+        _check_routes(routes, tiny_predictor)
+    # the partially occupied sites survive ASE's CIF reader and extxyz
+    import ase.io
+
+    from crystalframer.data.structures import to_crystal
+
+    c = to_crystal(ase.io.read("cells/FeCoSrO-partial.cif"))
+    assert sorted(np.round(c.species.sum(axis=1), 6).tolist()) == [0.75, 1.0, 1.0]
+
+
+def test_every_ase_route_matches_pymatgen_on_real_files(shared_data, tmp_path, monkeypatch, tiny_predictor):
+    from pymatgen.core import Structure
+
+    from tests.conftest import read_csv_gz
+
+    monkeypatch.chdir(tmp_path)
+    Path("real").mkdir()
+    rows = [("perov_5", r.material_id, r.cif) for r in read_csv_gz(shared_data / "perov_5" / "test.csv.gz")
+            .head(3).itertuples()]
+    rows += [("mp_20", r.material_id, r.cif) for r in read_csv_gz(shared_data / "mp_20_subset" /
+                                                                  "mp20_resplit_test_subset.csv.gz").head(3).itertuples()]
+    for name, sid, cif in rows:
+        s = Structure.from_str(cif, fmt="cif", primitive=False)
+        routes = _ase_routes(s, Path("real"), f"{name}-{sid}")
+        assert len(set(routes["ase cif"].atomic_numbers.tolist())) == len(s.composition.elements) > 1
+        _check_routes(routes, tiny_predictor)
+
+
+def test_ase_atoms_with_occupancies_that_do_not_match_are_refused(ase_route_cells):
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from crystalframer.data.structures import to_crystal
+
+    atoms = AseAtomsAdaptor.get_atoms(ase_route_cells[0])
+    atoms.info["occupancy"] = {"0": {"Sr": 1.0}}
+    with pytest.raises(InvalidStructureError, match="occupancies do not match"):
+        to_crystal(atoms, id="mismatch")
+
+
+# -- relative paths with a folder part -------------------------------------------------------------------
+
+
+def test_relative_paths_with_a_folder_part(tmp_path, monkeypatch, good_structures, good_targets):
+    monkeypatch.chdir(tmp_path)
+    Path("structures").mkdir()
+    for s in good_structures:
+        s.to(filename=f"structures/{s.properties['id']}.cif")
+    one = load_dataset("structures/s-nacl.cif", on_error="raise")
+    assert one.ids == ["s-nacl"]
+    folder = load_dataset("structures", on_error="raise")
+    assert sorted(folder.ids) == sorted(s.properties["id"] for s in good_structures)
+    with open("structures/id_prop.csv", "w") as f:
+        for k, s in enumerate(good_structures):
+            f.write(f"{s.properties['id']},{good_targets['gap'][k]}\n")
+    labelled = load_dataset(Path("structures"), on_error="raise")
+    assert labelled.targets[:, 0].tolist() == good_targets["gap"]
+    # paths in a CSV stay relative to the CSV's own folder
+    Path("tables").mkdir()
+    pd.DataFrame({"file": [f"../structures/{s.properties['id']}.cif" for s in good_structures],
+                  "gap": good_targets["gap"]}).to_csv("tables/index.csv", index=False)
+    assert len(load_dataset("tables/index.csv", targets="gap", on_error="raise")) == 4
+
+
+# -- multi-block CIF and VASP 4 POSCAR ------------------------------------------------------------------------
+
+
+def _multi_block_cif(structures) -> str:
+    from pymatgen.io.cif import CifWriter
+
+    return "\n".join(str(CifWriter(s)) for s in structures)
+
+
+def test_multi_block_cif_gives_one_structure_per_block(tmp_path, monkeypatch, good_structures):
+    from crystalframer.data import read_structures, to_crystal
+
+    from .conftest import CIF_TEMPLATE
+
+    monkeypatch.chdir(tmp_path)
+    Path("multi").mkdir()
+    Path("multi/three.cif").write_text(_multi_block_cif(good_structures[:3]))
+    ds = load_dataset("multi/three.cif", on_error="raise")
+    assert ds.ids == ["three#0", "three#1", "three#2"]
+    for c, s in zip(ds, good_structures):
+        assert_same_crystal(c, s)
+    crystals, errors = read_structures(["multi/three.cif"])
+    assert [c.id for c in crystals] == ["three.cif#0", "three.cif#1", "three.cif#2"] and not errors
+    with pytest.raises(InvalidStructureError, match="holds 3 structures"):
+        to_crystal("multi/three.cif")
+    # a bad block is reported alone; the good blocks are kept
+    bad = CIF_TEMPLATE.format(name="ov", rows="  Na Na0 0 0 0 1\n  Cl Cl1 0.01 0 0 1")
+    Path("multi/mixed.cif").write_text(_multi_block_cif(good_structures[:1]) + "\n" + bad)
+    mixed = load_dataset("multi/mixed.cif")
+    assert mixed.ids == ["mixed#0"] and [e.id for e in mixed.errors] == ["mixed#1"]
+    assert "overlapping" in mixed.errors[0].message
+    # one row of targets cannot label several structures
+    Path("multi/id_prop.csv").write_text("three,1.0\nmixed,2.0\n")
+    labelled = load_dataset("multi")
+    assert not len(labelled) and "holds 3 structures but one row of targets" in labelled.errors[0].message
+
+
+VASP4 = """SrTiO3 without element names
+3.905
+1 0 0
+0 1 0
+0 0 1
+1 1 3
+Direct
+0 0 0
+0.5 0.5 0.5
+0.5 0.5 0
+0.5 0 0.5
+0 0.5 0.5
+"""
+
+
+def test_vasp4_poscar_without_element_names_is_refused(tmp_path, monkeypatch):
+    from crystalframer.data import to_crystal
+
+    monkeypatch.chdir(tmp_path)
+    Path("v4").mkdir()
+    Path("v4/POSCAR").write_text(VASP4)
+    ds = load_dataset("v4/POSCAR")
+    assert not len(ds) and "no element names" in ds.errors[0].message
+    with pytest.raises(InvalidStructureError, match="no element names"):
+        to_crystal("v4/POSCAR")
+    text = pd.DataFrame({"material_id": ["v4"], "poscar": [VASP4], "y": [1.0]})
+    assert "no element names" in load_dataset(text, targets="y").errors[0].message
+    named = VASP4.replace("1 1 3\n", "Sr Ti O\n1 1 3\n")
+    Path("v4/POSCAR").write_text(named)
+    assert load_dataset("v4/POSCAR", on_error="raise")[0].atomic_numbers.tolist() == [38, 22, 8, 8, 8]
+
+
+def test_duplicate_ids_are_warned_once_naming_them(good_structures):
+    items = list(good_structures) + [good_structures[0].copy(), good_structures[2].copy()]
+    for s, sid in zip(items[-2:], ("s-nacl", "s-srtio3")):
+        s.properties["id"] = sid
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_dataset(items)
+    dup = [str(w.message) for w in caught if "duplicate id" in str(w.message)]
+    assert len(ds) == 6 and len(dup) == 1 and "'s-nacl'" in dup[0] and "'s-srtio3'" in dup[0]
+
+
+def test_on_error_accepts_only_the_documented_values(good_structures):
+    with pytest.raises(ValueError, match=r"on_error must be one of \('raise', 'skip'\), got 'ignore'"):
+        load_dataset(list(good_structures), on_error="ignore")

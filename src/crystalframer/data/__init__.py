@@ -30,7 +30,13 @@ from crystalframer.data.readers import (
     read_json,
     read_structure_list,
 )
-from crystalframer.data.structures import Crystal, InvalidStructureError, read_structures, to_crystal
+from crystalframer.data.structures import (
+    Crystal,
+    InvalidStructureError,
+    UnphysicalStructureWarning,
+    read_structures,
+    to_crystal,
+)
 
 __all__ = [
     "CACHE_SCHEMA_VERSION", "PUBLISHED_SETS", "SHARED_SETS", "Crystal", "CrystalBatch", "CrystalDataset",
@@ -38,4 +44,5 @@ __all__ = [
     "jarvis_atoms_to_crystal", "load_dataset", "load_published", "load_shared", "load_split_file",
     "official_split_indices", "parse_structure", "read_ase_db", "read_ase_file", "read_csv", "read_dataframe", "read_extxyz",
     "read_folder", "read_json", "read_structure_list", "read_structures", "split_indices", "to_crystal",
+    "UnphysicalStructureWarning",
 ]

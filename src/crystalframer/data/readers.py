@@ -15,7 +15,10 @@ One entry point, :func:`load_dataset`, recognises the source and calls one of:
 * :func:`read_dataframe` — a pandas DataFrame (cells may hold ``Structure``/``Atoms`` objects too).
 * :func:`read_structure_list` — a list of structures with targets given as {name: values}.
 
-Every ``.gz`` variant is accepted. Each entry is validated (see
+A multi-block CIF file gives one structure per block, ids ``<file id>#<k>`` with k = 0, 1, ... in file order
+(refused where one row of targets would label them all); a VASP 4 POSCAR without element names is refused.
+Paths given to a reader are relative to the working directory; paths inside a CSV or DataFrame to its
+``base_dir`` (the CSV's folder). Repeated ids are warned about once. Every ``.gz`` variant is accepted. Each entry is validated (see
 :func:`crystalframer.data.structures.to_crystal`); with ``on_error="skip"`` a bad entry (unreadable text,
 overlapping atoms, unknown element, NaN coordinates, unknown split label, ...) is recorded in
 ``dataset.errors`` as (index in the source, id, message) and skipped, and everything else is kept. A
@@ -44,10 +47,20 @@ import numpy as np
 
 from crystalframer.data import cache as _cache
 from crystalframer.data.datasets import CrystalDataset, LoadError, normalize_split_label
-from crystalframer.data.structures import Crystal, InvalidStructureError, to_crystal
+from crystalframer.data.structures import (
+    ON_ERROR,
+    Crystal,
+    InvalidStructureError,
+    block_ids,
+    check_on_error,
+    check_poscar_warnings,
+    parse_cif_text,
+    read_path,
+    to_crystal,
+    warn_duplicate_ids,
+)
 
 PathLike = str | os.PathLike
-ON_ERROR = ("skip", "raise")
 #: Column / key names tried, in order, when no ``id_column`` is given.
 ID_CANDIDATES = ("material_id", "id", "jid", "mpid", "mp_id", "structure_id", "name", "uid")
 #: Column names preferred (in this order) among columns that hold structures.
@@ -218,7 +231,7 @@ def read_dataframe(df: Any, targets: Sequence[str] | str | None = None, structur
 
 def _dataframe_build(df: Any, targets, structure_column, id_column, split_column, on_error: str, base: Path,
                      name: str) -> tuple[CrystalDataset, list[Path]]:
-    _check_on_error(on_error)
+    check_on_error(on_error)
     target_names = _target_list(targets)
     columns = [str(c) for c in df.columns]
     df = df.rename(columns=dict(zip(df.columns, columns)))
@@ -274,7 +287,8 @@ def read_folder(path: PathLike, targets: Sequence[str] | str | None = None, spli
 
 def _folder_build(path: Path, prop: Path | None, targets, split_column, on_error: str,
                   name: str) -> tuple[CrystalDataset, list[Path]]:
-    _check_on_error(on_error)
+    check_on_error(on_error)
+    path = path.absolute()  # listed files then name their folder whatever the working directory
     files = sorted(p for p in path.iterdir() if p.is_file() and _is_structure_file(p))
     if prop is None:
         if targets:
@@ -362,7 +376,7 @@ def read_ase_db(path: PathLike, targets: Sequence[str] | str | None = None, id_c
 def _ase_db_build(path: Path, targets, id_column, split_column, on_error, name):
     from ase.db import connect
 
-    _check_on_error(on_error)
+    check_on_error(on_error)
     tnames = _target_list(targets)
     with _plain_copy(path) as plain:
         kind = "json" if _base_name(path).endswith(".json") else "db"
@@ -411,7 +425,7 @@ def read_ase_file(path: PathLike, targets: Sequence[str] | str | None = None, id
 def _ase_file_build(path, targets, id_column, split_column, on_error, name, ase_format):
     from ase.io import read
 
-    _check_on_error(on_error)
+    check_on_error(on_error)
     tnames = _target_list(targets)
     fmt = ase_format
     if fmt is None and _base_name(path).endswith((".xyz", ".extxyz")):
@@ -471,7 +485,7 @@ def read_json(path: PathLike, targets: Sequence[str] | str | None = None, struct
 
 
 def _json_build(path: Path, targets, structure_column, id_column, split_column, on_error, name, lines):
-    _check_on_error(on_error)
+    check_on_error(on_error)
     text = _read_text(path)
     bad_lines: list[LoadError] = []
     doc: Any = None
@@ -569,7 +583,7 @@ def read_structure_list(items: Sequence[Any], targets: Mapping[str, Sequence[Any
     settings["base_dir"] = str(Path.cwd())
 
     def build():
-        _check_on_error(on_error)
+        check_on_error(on_error)
         tn = list(tmap)
         entries = (_Entry(k, str(ids[k]) if ids is not None else _object_id(obj, k), obj,
                           [tmap[t][k] for t in tn], None if split is None else split[k])
@@ -606,9 +620,10 @@ def _read_single(path: Path, on_error: str, cache_dir, name: str | None) -> Crys
     settings = _settings("structure", path, None, None, None, None, on_error)
 
     def build():
-        _check_on_error(on_error)
-        return _assemble(iter([_Entry(0, _stem(path), path, [])]), [], on_error, name or path.name, False,
-                         path.parent)
+        check_on_error(on_error)
+        # the path already names its folder (relative to the working directory): no base folder is added
+        return _assemble(iter([_Entry(0, _stem(path), path.absolute(), [])]), [], on_error, name or path.name,
+                         False, path.parent)
 
     return _cache.cached_build(cache_dir, settings, lambda: _cache.file_digest(path), build)
 
@@ -630,7 +645,10 @@ def _assemble(entries: Iterable[_Entry], target_names: Sequence[str], on_error: 
             label = normalize_split_label(e.split) if has_split else None
             y = np.array([_to_float(v, t, e.id, non_numeric) for v, t in zip(e.targets, target_names)],
                          dtype=np.float64) if nt else None
-            c = parse_structure(e.structure, e.id, base_dir, deps)
+            found = _parse_all(e.structure, e.id, base_dir, deps)
+            if len(found) > 1 and nt:
+                raise InvalidStructureError(e.id, f"holds {len(found)} structures but one row of targets; "
+                                                  "give each structure its own row")
         except InvalidStructureError as err:
             if on_error == "raise":
                 raise
@@ -641,13 +659,20 @@ def _assemble(entries: Iterable[_Entry], target_names: Sequence[str], on_error: 
                 raise InvalidStructureError(e.id, str(err)) from err
             errors.append(LoadError(e.index, e.id, str(InvalidStructureError(e.id, str(err)))))
             continue
-        c.targets = y
-        crystals.append(c)
-        if label is not None:
-            labels.append(label)
+        for c in found:  # one per block of a multi-block file; a bad block is reported alone
+            if isinstance(c, InvalidStructureError):
+                if on_error == "raise":
+                    raise c
+                errors.append(LoadError(e.index, c.structure_id, str(c)))
+                continue
+            c.targets = y
+            crystals.append(c)
+            if label is not None:
+                labels.append(label)
     for t, bad in non_numeric.items():
         warnings.warn(f"{name}: {len(bad)} non-numeric or infinite value(s) of target {t!r} set to NaN "
                       f"(first ids: {', '.join(bad[:5])})", stacklevel=4)
+    warn_duplicate_ids([c.id for c in crystals], name, stacklevel=4)
     if errors:
         shown = "; ".join(e.message for e in errors[:3])
         warnings.warn(f"{name}: skipped {len(errors)} of {len(errors) + len(crystals)} entries "
@@ -696,7 +721,21 @@ def parse_structure(value: Any, sid: str, base_dir: PathLike | None = None,
     appended to ``deps``.
 
     Raises:
-        InvalidStructureError: naming ``sid`` and the problem.
+        InvalidStructureError: naming ``sid`` and the problem (also when ``value`` holds several structures).
+    """
+    found = _parse_all(value, sid, base_dir, deps)
+    if len(found) > 1:
+        raise InvalidStructureError(sid, f"holds {len(found)} structures, not one")
+    if isinstance(found[0], InvalidStructureError):
+        raise found[0]
+    return found[0]
+
+
+def _parse_all(value: Any, sid: str, base_dir: PathLike | None,
+               deps: list[Path] | None) -> list[Crystal | InvalidStructureError]:
+    """Every structure ``value`` holds (several for a multi-block CIF, ids ``<sid>#<k>``, k from 0).
+
+    A whole-value failure raises; a bad block of a multi-block CIF is returned as its error.
     """
     try:
         if callable(value) and not isinstance(value, (str, os.PathLike)) and not hasattr(value, "sites"):
@@ -709,21 +748,25 @@ def parse_structure(value: Any, sid: str, base_dir: PathLike | None = None,
         if isinstance(value, str):
             kind = text_kind(value)
             if kind == "cif":
-                return to_crystal(parse_cif(value, sid), id=sid)
+                return _each(block_ids(parse_cif_text(value, sid), sid))
             if kind == "poscar":
                 from pymatgen.io.vasp import Poscar
 
-                return to_crystal(Poscar.from_str(value, read_velocities=False).structure, id=sid)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    s = Poscar.from_str(value, read_velocities=False).structure
+                check_poscar_warnings(caught, sid, "the POSCAR text")
+                return [to_crystal(s, id=sid)]
             if kind == "json":
-                return parse_structure(_parse_dict_text(value, sid), sid, base_dir, deps)
+                return _parse_all(_parse_dict_text(value, sid), sid, base_dir, deps)
             if kind == "path":
                 return _from_path(Path(value.strip()), sid, base_dir, deps)
             raise InvalidStructureError(sid, f"text is neither CIF, POSCAR, JSON nor a file name: {value[:60]!r}")
         if isinstance(value, dict) and "lattice_mat" in value:
             from crystalframer.data.published import jarvis_atoms_to_crystal
 
-            return jarvis_atoms_to_crystal(value, sid)
-        return to_crystal(value, id=sid)
+            return [jarvis_atoms_to_crystal(value, sid)]
+        return [to_crystal(value, id=sid)]
     except InvalidStructureError:
         raise
     except Exception as e:  # noqa: BLE001 - parsers raise many types; report them with the id
@@ -731,26 +774,25 @@ def parse_structure(value: Any, sid: str, base_dir: PathLike | None = None,
         raise InvalidStructureError(sid, f"could not parse the structure ({type(e).__name__}: {msg})") from e
 
 
-def _from_path(p: Path, sid: str, base_dir: PathLike | None, deps: list[Path] | None) -> Crystal:
+def _each(parts: list[tuple[str, Any]]) -> list[Crystal | InvalidStructureError]:
+    out: list[Crystal | InvalidStructureError] = []
+    for part_id, obj in parts:
+        try:
+            out.append(to_crystal(obj, id=part_id))
+        except InvalidStructureError as e:
+            out.append(e)
+    return out
+
+
+def _from_path(p: Path, sid: str, base_dir: PathLike | None,
+               deps: list[Path] | None) -> list[Crystal | InvalidStructureError]:
     if not p.is_absolute() and base_dir is not None:
         p = Path(base_dir) / p
     if deps is not None:
         deps.append(p)  # recorded even when missing: creating the file later must invalidate the cache
     if not p.is_file():
         raise InvalidStructureError(sid, f"structure file not found: {p}")
-    return to_crystal(p, id=sid)
-
-
-def parse_cif(text: str, sid: str):
-    """CIF text → pymatgen ``Structure`` of its first block, cell kept as given (``primitive=False``)."""
-    from pymatgen.io.cif import CifParser
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pymatgen warns per odd tag; a failure raises below
-        structs = CifParser.from_str(text).parse_structures(primitive=False, on_error="raise")
-    if not structs:
-        raise InvalidStructureError(sid, "no structure in the CIF text")
-    return structs[0]
+    return _each(read_path(p, sid))
 
 
 def _parse_dict_text(text: str, sid: str) -> Any:
@@ -792,11 +834,6 @@ def _settings(kind: str, path: Path | None, targets, structure_column, id_column
             "targets": None if targets is None else ([targets] if isinstance(targets, str) else list(targets)),
             "structure_column": structure_column, "id_column": id_column, "split_column": split_column,
             "on_error": on_error}
-
-
-def _check_on_error(on_error: str) -> None:
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
 
 
 def _target_list(targets) -> list[str]:
