@@ -61,10 +61,13 @@ def test_predictions_pooled_and_states_match(golden_run):
 
 
 def test_gaussian_coefficients_match(golden_run):
+    """a_ih of layers > 0 is computed from the states, so it gets the states' tolerance: 3e-7, wider only for
+    the maxframe tie class D, whose rounding-dependent frame ties move the states (golden README, section 7)."""
     cfg, ref, out = golden_run
     off = ref["atom_offsets"]
     for s, r in out.items():
-        np.testing.assert_allclose(r["a"], ref["a_gauss"][off[s]:off[s + 1]], rtol=0, atol=3e-7)
+        np.testing.assert_allclose(r["a"], ref["a_gauss"][off[s]:off[s + 1]], rtol=0,
+                                   atol=max(3e-7, float(ref["tol_states"][s])), err_msg=str(ref["ids"][s]))
 
 
 def test_unambiguous_max_frames_match(golden_dir, golden_structures):
