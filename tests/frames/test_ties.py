@@ -341,3 +341,25 @@ def test_published_noise_policy_is_still_available(symmetric):
         warnings.simplefilter("error")
         outs = {float(m.predict(s)[0, 0]) for _ in range(6)}
     assert len(outs) > 1
+
+
+@pytest.mark.parametrize("frame", ["weighted_pca", "pca"])
+def test_pca_frames_train_and_evaluate_with_one_rule(frame, symmetric):
+    """Degenerate covariances (every site of NaCl, SrTiO3, bcc Fe): under ``ties="auto"`` a training-mode
+    forward uses the deterministic set that evaluation uses (the published noisy eigh would give another
+    frame at every call, whose mean is not the evaluated set: 2–11 % apart), so both predict the same."""
+    torch.manual_seed(0)
+    m = cf.CrystalFramer(frame=frame, num_layers=2)  # published noise 1e-5
+    cells = [symmetric[k] for k in ("NaCl-conventional", "SrTiO3", "Fe-bcc")]
+    batch = collate([to_crystal(s) for s in cells])
+    with torch.no_grad():
+        m.train()
+        train_runs = [m(batch) for _ in range(3)]  # the first call also calibrates σ
+        m.eval()
+        ev = m(batch)
+    for t in train_runs[1:]:
+        torch.testing.assert_close(t, ev, rtol=1e-5, atol=1e-6)
+    m.layers[0].attn.frame.ties = "noise"  # the published policy is still there (and random)
+    m.train()
+    with torch.no_grad():
+        assert not torch.allclose(m(batch), ev, rtol=1e-3, atol=0)

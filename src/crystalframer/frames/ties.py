@@ -9,15 +9,19 @@ published code). Policies (frame option ``ties``):
   choices lie within a tolerance of the best (weighted, see below). The set is a function of the crystal's
   geometry and of the layer's attention only, not of slot order, axes or noise, so it is mapped onto
   itself by every isometry of the crystal and the averaged features are invariant (rotation, translation,
-  permutation, periodic image, supercell, unimodular change of cell). Per layer, the averaged angular
-  features are the expectation of those of the published stochastic policy (each tied candidate wins with
-  equal probability), computed exactly.
+  permutation, periodic image, supercell, unimodular change of cell). For max and static frames with
+  *exact* ties, the averaged angular features of a layer are the expectation of those of the published
+  stochastic policy (each tied candidate wins with equal probability, see the weights below), computed
+  exactly. Two cases are not that expectation: near-ties inside the tolerance (see "Contract" below), and
+  degenerate PCA covariances, where the published noisy ``eigh`` draws axes from a continuous distribution
+  over the eigenspace; the PCA frames therefore use their deterministic set in training as well
+  (``FrameMethod.average_in_training``), so that training and evaluation follow one rule.
 * ``"noise"``: the published policy: tie-breaking noise of amplitude ``frame_noise`` (Å², 1e-5 published),
   a different frame at every call; with ``frame_noise = 0`` the first candidate in (j, n) slot order wins.
 * ``"first"``: deterministic first-wins order (the published kernels with noise 0: golden parity).
 * ``"auto"`` (default): ``"first"`` when ``frame_noise == 0`` (the documented deterministic order, used by
   the golden parity loaders), otherwise ``"noise"`` in training mode (published training) and ``"average"``
-  in evaluation mode (``predict``, validation, test).
+  in evaluation mode (``predict``, validation, test); ``"average"`` in both for the PCA frames.
 
 Tolerances and tie weights (scores are log-weights, dimensionless):
 
