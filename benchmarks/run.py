@@ -120,7 +120,7 @@ def cutoff_effect() -> dict:
             m = cf.CrystalFramer(frame=frame, cutoff=cutoff, frame_noise=0.0).eval()
             with torch.no_grad():
                 r = m(batch, return_all=True)
-            res.append((r["pred"], r["pooled"], m.config["cutoff"]))
+            res.append((r["pred"], r["pooled"], m.config["cutoff"] or "sigma-following"))
         out[frame] = {"default_cutoff": res[0][2], "exact_cutoff": EXACT_CUTOFF,
                       "max_abs_pred": float((res[0][0] - res[1][0]).abs().max()),
                       "max_abs_pooled": float((res[0][1] - res[1][1]).abs().max()),
