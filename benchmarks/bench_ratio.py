@@ -22,6 +22,9 @@ def main(argv=None) -> None:
     ap.add_argument("--frames", nargs="+", default=["none", "max"])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fixed-cutoff", type=float, default=None,
+                    help="also time each frame method with this fixed sphere radius (Å), e.g. 6.928, the "
+                         "default before the σ-following sphere (rows NAME@R)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -34,9 +37,12 @@ def main(argv=None) -> None:
     batch, _ = _load("batch48.json")
     models = {}
     for frame in frames:
-        torch.manual_seed(0)
-        models[frame] = cf.CrystalFramer(frame=frame).train()
-        models[frame](batch)  # freezes the σ normalisation, as after the first training step
+        for cutoff in [None] + ([args.fixed_cutoff] if args.fixed_cutoff else []):
+            torch.manual_seed(0)
+            name = frame if cutoff is None else f"{frame}@{cutoff:g}"
+            models[name] = cf.CrystalFramer(frame=frame, cutoff=cutoff).train()
+            models[name](batch)  # freezes the σ normalisation, as after the first training step
+    frames = list(models)
 
     def step(model) -> float:
         model.zero_grad(set_to_none=True)

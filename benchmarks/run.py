@@ -96,8 +96,13 @@ def one(cfg: dict) -> dict:
             with FlopCounterMode(display=False) as fc:
                 model(batch)
     with torch.no_grad():
-        img = model.geometry(batch).images
-        slots = int(img.mask.sum())
+        geo = model.geometry(batch)
+        if geo.images is not None:
+            slots = int(geo.images.mask.sum())
+        else:  # σ-following sphere: the slots each layer used, averaged over the layers
+            sig = torch.sqrt(-0.5 / model(batch, return_all=True)["a"].amax(2))  # (N, L)
+            slots = round(sum(int(geo.pool.within(geo.pool.k * sig[:, l])[0].mask.sum())
+                              for l in range(sig.shape[1])) / sig.shape[1])
     gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {**cfg, "atoms": int(batch.pos.shape[0]), "structures": len(items), "time_s": statistics.median(times),
             "times_s": times, "peak_mb": _peak_mb(), "model_mb_before": base_mb, "gpu_peak_mb": gpu_mb,
@@ -120,7 +125,7 @@ def cutoff_effect() -> dict:
             m = cf.CrystalFramer(frame=frame, cutoff=cutoff, frame_noise=0.0).eval()
             with torch.no_grad():
                 r = m(batch, return_all=True)
-            res.append((r["pred"], r["pooled"], m.config["cutoff"]))
+            res.append((r["pred"], r["pooled"], m.config["cutoff"] or "sigma-following"))
         out[frame] = {"default_cutoff": res[0][2], "exact_cutoff": EXACT_CUTOFF,
                       "max_abs_pred": float((res[0][0] - res[1][0]).abs().max()),
                       "max_abs_pooled": float((res[0][1] - res[1][1]).abs().max()),

@@ -341,3 +341,53 @@ def test_published_noise_policy_is_still_available(symmetric):
         warnings.simplefilter("error")
         outs = {float(m.predict(s)[0, 0]) for _ in range(6)}
     assert len(outs) > 1
+
+
+@pytest.mark.parametrize("frame", ["weighted_pca", "pca"])
+def test_pca_frames_train_and_evaluate_with_one_rule(frame, symmetric):
+    """Degenerate covariances (every site of NaCl, SrTiO3, bcc Fe): under ``ties="auto"`` a training-mode
+    forward uses the deterministic set that evaluation uses (the published noisy eigh would give another
+    frame at every call, whose mean is not the evaluated set: 2–11 % apart), so both predict the same."""
+    torch.manual_seed(0)
+    m = cf.CrystalFramer(frame=frame, num_layers=2)  # published noise 1e-5
+    cells = [symmetric[k] for k in ("NaCl-conventional", "SrTiO3", "Fe-bcc")]
+    batch = collate([to_crystal(s) for s in cells])
+    with torch.no_grad():
+        m.train()
+        train_runs = [m(batch) for _ in range(3)]  # the first call also calibrates σ
+        m.eval()
+        ev = m(batch)
+    for t in train_runs[1:]:
+        torch.testing.assert_close(t, ev, rtol=1e-5, atol=1e-6)
+    m.layers[0].attn.frame.ties = "noise"  # the published policy is still there (and random)
+    m.train()
+    with torch.no_grad():
+        assert not torch.allclose(m(batch), ev, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("gap,weight_y", [(0.0, 0.5), (1e-5, 0.5), (2.2e-4, None), (5e-4, 0.0), (1e-2, 0.0)])
+def test_average_contract_tolerance_and_ramp(gap, weight_y):
+    """The documented contract of ``ties="average"`` for max frames: a first-axis candidate whose score is
+    within t0 = atol + rtol · |score terms| of the best is averaged with full tie weight (exact ties and
+    near-ties alike), one beyond t0 + RAMP gets none, and in between its weight is linear in the gap."""
+    from types import SimpleNamespace
+
+    from crystalframer.frames.base import FrameInput
+
+    dirs = torch.tensor([[1.0, 0, 0], [0, 1, 0], [-1, 0, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=torch.float64)
+    qk = torch.tensor([0.0, -gap, -1, -1, -1, -1], dtype=torch.float64)[None, :, None]  # (1, 6, 1)
+    a = torch.full((1, 1), -0.25, dtype=torch.float64)
+    d2 = torch.ones(1, 6, dtype=torch.float64)
+    inp = FrameInput(images=SimpleNamespace(d2=d2), unit=dirs[None], candidate=torch.ones(1, 6, 1, dtype=torch.bool),
+                     qk=qk, a=a, w=torch.softmax(qk + a[:, None] * d2[..., None], 1), lattice=torch.eye(3)[None],
+                     pos=torch.zeros(1, 3), batch=torch.zeros(1, dtype=torch.long), ptr=torch.tensor([0, 1]),
+                     noise=1e-5)
+    axes, fw = build_frame("max", ties="average").eval()(inp)
+    on_y = (axes[0, 0, :, 0] @ dirs[1]).gt(0.5) & fw[0, 0].gt(0)
+    got = float(fw[0, 0][on_y].sum())
+    t0 = ties_mod.ATOL + ties_mod.RTOL * 0.25  # |q·k| + |a d²| of the best candidate
+    if weight_y is None:  # inside the ramp: tie weight π = (t0 + RAMP − gap) / RAMP, normalised with the best's 1
+        pi = (t0 + ties_mod.RAMP - gap) / ties_mod.RAMP
+        weight_y = pi / (1 + pi)
+    assert got == pytest.approx(weight_y, abs=1e-9)
+    assert float(fw.sum()) == pytest.approx(1.0)

@@ -430,3 +430,42 @@ def test_bf16_autocast_runs_with_float32_sums(edge_function, crystals):
     assert err < 3e-2, float(err)
     y.float().square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ECN's dataset filter
+
+
+def _isolated_h(id_: str = "Hbox"):
+    """Two H atoms 7.8 Å apart (bcc, a = 9 Å): no neighbour within the 6 Å search, so no edge at all."""
+    from pymatgen.core import Lattice, Structure
+
+    s = Structure(Lattice.cubic(9.0), ["H", "H"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    return to_crystal(s, id=id_, targets=[0.0])
+
+
+def test_filter_splits_drops_disconnected_graphs_and_warns():
+    from crystalframer.training.data import Splits
+
+    ok = [to_crystal(perovskite(), id="p", targets=[1.0])]
+    splits = Splits(ok + [_isolated_h("h1")], ok, ok + [_isolated_h("h2")], ["t"], [""])
+    with pytest.warns(UserWarning, match=r"\(train\): dropped 1 of 2 .*h1"):
+        out = ECNNet(**SMALL).filter_splits(splits)
+    assert [c.id for c in out.train] == ["p"] and [c.id for c in out.test] == ["p"] and len(out.val) == 1
+    assert {e[1] for e in out.errors} == {"h1", "h2"}
+    off = ECNNet(drop_disconnected=False, **SMALL)
+    assert off.config["drop_disconnected"] is False
+    assert off.filter_splits(splits) is splits
+
+
+def test_spglib_failure_warns_and_falls_back_to_the_input_cell(monkeypatch):
+    import spglib
+
+    from crystalframer.data.ecn_graph import primitive_cell
+
+    c = to_crystal(rock_salt_conventional(), id="NaCl-conv")
+    monkeypatch.setattr(spglib, "standardize_cell", lambda *a, **k: None)
+    with pytest.warns(RuntimeWarning, match="NaCl-conv: spglib found no primitive cell"):
+        lat, frac, species, info = primitive_cell(c)
+    assert not info["primitive"] and frac.shape[0] == 8
+    np.testing.assert_allclose(lat, c.lattice)

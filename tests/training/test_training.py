@@ -219,13 +219,21 @@ def test_epoch_shards_partition_each_global_batch():
 
 def test_ecn_trains_with_the_common_trainer_and_keeps_its_own_sizes(splits, tmp_path):
     """The quick preset's transformer sizes (2 layers, width 64) must not leak into ECN; the run's best
-    checkpoint reloads as an ECN that predicts what the trained model predicts."""
+    checkpoint reloads as an ECN that predicts what the trained model predicts. ECN's dataset filter drops
+    a structure whose graph is disconnected from the training set, with a warning."""
+    import dataclasses
+
     from crystalframer.models import ECN
+    from tests.nn.test_ecn import _isolated_h
 
     cfg = TrainConfig(model_type="ECN", model={"group": "p1", "width": 16, "edge_dim": 8}, preset="quick",
                       recipe={"epochs": 2, "swa_epochs": 1, "batch_size": 8}, output=str(tmp_path / "ecn"),
                       progress_bar=False, accelerator="cpu", devices=1, tensorboard=False, plots=False)
-    result = train(cfg, splits=splits, verbose=False)
+    cfg.model["graph"] = {"neighbors": "cutoff", "radius": 5.0}  # ECN's Perov-5 graph: every structure connected
+    with_h = dataclasses.replace(splits, train=splits.train + [_isolated_h()])
+    with pytest.warns(UserWarning, match=rf"\(train\): dropped 1 of {len(splits.train) + 1} .*Hbox"):
+        result = train(cfg, splits=with_h, verbose=False)
+    assert json.loads((tmp_path / "ecn" / "config.json").read_text())["resolved"]["split_sizes"]["train"] == len(splits.train)
     model = result.model
     assert isinstance(model, ECN) and len(model.layers) == 6  # ECN's default depth, not the preset's 2
     assert all(np.isfinite(h["train_loss"]) for h in result.history)

@@ -71,7 +71,8 @@ class FrameMethod(torch.nn.Module):
 
     Tie options (every built-in method; see :mod:`crystalframer.frames.ties`):
         ties: ``"auto"`` (default: ``"first"`` with ``frame_noise = 0``, else ``"noise"`` in training and
-            ``"average"`` in evaluation), ``"average"`` (average over the tie set: deterministic and exactly
+            ``"average"`` in evaluation; methods with ``average_in_training``, the PCA frames, average in
+            training too), ``"average"`` (average over the tie set: deterministic and exactly
             invariant on symmetric crystals), ``"noise"`` (published random tie-breaking, ``frame_noise``)
             or ``"first"`` (first candidate in slot order wins; golden parity).
         tie_atol, tie_rtol: score tolerance atol + rtol · |score terms| (defaults 2e-5, 2e-6); candidates
@@ -85,6 +86,9 @@ class FrameMethod(torch.nn.Module):
     differentiable: bool = False
     #: whether the frame is one per crystal (pca, lattice, SPFrame global part)
     per_structure: bool = False
+    #: whether ``ties="auto"`` averages in training too: for methods whose evaluation-time tie set is not
+    #: the expectation of the published noise (PCA frames), so that training and evaluation use one rule
+    average_in_training: bool = False
 
     def __init__(self, ties: str = "auto", tie_atol: float = ties_mod.ATOL, tie_rtol: float = ties_mod.RTOL,
                  tie_cap: int = ties_mod.CAP, **options):
@@ -96,7 +100,8 @@ class FrameMethod(torch.nn.Module):
 
     def tie_mode(self, inp: "FrameInput") -> str:
         """The tie policy of this call: ``"average"``, ``"noise"`` or ``"first"``."""
-        return ties_mod.resolve_mode(self.ties, self.training, inp.noise)
+        training = self.training and not (self.average_in_training and self.ties == "auto")
+        return ties_mod.resolve_mode(self.ties, training, inp.noise)
 
     def extra_repr(self) -> str:
         return f"ties={self.ties!r}"

@@ -9,15 +9,19 @@ published code). Policies (frame option ``ties``):
   choices lie within a tolerance of the best (weighted, see below). The set is a function of the crystal's
   geometry and of the layer's attention only, not of slot order, axes or noise, so it is mapped onto
   itself by every isometry of the crystal and the averaged features are invariant (rotation, translation,
-  permutation, periodic image, supercell, unimodular change of cell). Per layer, the averaged angular
-  features are the expectation of those of the published stochastic policy (each tied candidate wins with
-  equal probability), computed exactly.
+  permutation, periodic image, supercell, unimodular change of cell). For max and static frames with
+  *exact* ties, the averaged angular features of a layer are the expectation of those of the published
+  stochastic policy (each tied candidate wins with equal probability, see the weights below), computed
+  exactly. Two cases are not that expectation: near-ties inside the tolerance (see "Contract" below), and
+  degenerate PCA covariances, where the published noisy ``eigh`` draws axes from a continuous distribution
+  over the eigenspace; the PCA frames therefore use their deterministic set in training as well
+  (``FrameMethod.average_in_training``), so that training and evaluation follow one rule.
 * ``"noise"``: the published policy: tie-breaking noise of amplitude ``frame_noise`` (Å², 1e-5 published),
   a different frame at every call; with ``frame_noise = 0`` the first candidate in (j, n) slot order wins.
 * ``"first"``: deterministic first-wins order (the published kernels with noise 0: golden parity).
 * ``"auto"`` (default): ``"first"`` when ``frame_noise == 0`` (the documented deterministic order, used by
   the golden parity loaders), otherwise ``"noise"`` in training mode (published training) and ``"average"``
-  in evaluation mode (``predict``, validation, test).
+  in evaluation mode (``predict``, validation, test); ``"average"`` in both for the PCA frames.
 
 Tolerances and tie weights (scores are log-weights, dimensionless):
 
@@ -36,6 +40,19 @@ Tolerances and tie weights (scores are log-weights, dimensionless):
   of 0 (``MOMENT_RTOL`` of its scale plus the first-order effect of a ``COV_EPS`` covariance error through
   the eigengaps), decided beyond 3 · tol, and the other sign's weight is linear in between;
 * lattice vector lengths tie when their squared lengths differ by at most ``LATTICE_RTOL`` (1e-5) relative.
+
+Contract of ``"average"`` (max / static frames): what is averaged is the angular features of every frame
+(e1, r2) whose first score is within the tolerance of the best first score and whose second score is within
+the tolerance of the best second score for that e1, with the weights below; the tolerance is t0 = atol +
+rtol · mag (2e-5 + 2e-6 · |score terms| by default; weight 1 up to t0, linear to 0 at t0 + RAMP = t0 + 4e-4,
+0 beyond). Why that wide: the tie set must not change under re-expressions of the same crystal (rotation,
+another cell, far periodic images), whose float32 rounding moves tied scores apart by up to ~1e-5, and a
+ramp keeps a near-tie that happens to sit at the edge from switching a whole frame. The published noise
+(u ~ U(−½, ½) · 1e-5 Å², a score change of |a| · u ≲ 5e-6) flips only gaps below ~5e-6: so for exact ties
+(gap 0, all symmetry-equivalent choices) the average is that noise's expectation, while genuine near-ties
+with gaps between ~5e-6 and t0 + RAMP, which the noise never flips, are averaged too (a deliberate
+smoothing, not the noise's expectation; on low-symmetry structures such gaps are rare: golden class A is
+unchanged by the policy). ``tie_atol`` / ``tie_rtol`` narrow or widen t0; RAMP is fixed.
 
 Set construction and weights (max / static frames): E1 = every candidate with a non-zero tie weight π1 for
 the first score; for each e1 ∈ E1, E2(e1) = every admissible second candidate with a non-zero weight π2

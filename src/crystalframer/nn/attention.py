@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from crystalframer.frames.base import FrameInput, FrameMethod
 from crystalframer.frames.ties import frame_set_angle_psi
-from crystalframer.geometry.images import Images, box_images, official_box_radius
+from crystalframer.geometry.images import Images, SpherePool, box_images, official_box_radius
 from crystalframer.nn.basis import (AngleBasis, DistanceBasis, angle_histogram, dense_angle_features,
                                    moment_kernel_applies, slot_angle_features)
 
@@ -40,9 +40,12 @@ class Geometry:
     """Per-batch geometry shared by all layers.
 
     Attributes:
-        images: sphere image slots (None with the official box, which each layer builds from its σ).
-        dist_basis: (N, M, K) distance basis of the sphere slots (None with the box).
+        images: fixed sphere image slots (None with the official box, which each layer builds from its σ,
+            and with the σ-following sphere, which each layer takes from ``pool``).
+        dist_basis: (N, M, K) distance basis of the fixed sphere slots (None otherwise).
         lattice: (B, 3, 3); pos: (N, 3); batch: (N,); ptr: (B + 1,).
+        pool: the σ-following sphere (:class:`~crystalframer.geometry.images.SpherePool`): each layer uses
+            the images within k · max_h σ_ih of atom i.
     """
 
     images: Images | None
@@ -51,6 +54,7 @@ class Geometry:
     pos: Tensor
     batch: Tensor
     ptr: Tensor
+    pool: SpherePool | None = None
 
 
 def as_frame_set(frames: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -75,7 +79,8 @@ class DistanceDecayAttention(nn.Module):
         dist_coef, angle_coef: c_dist and c_angl.
         frame: the frame method (None: Crystalformer).
         frame_noise: tie-breaking noise amplitude (Å²).
-        images: ``"sphere"`` (geometry provided by the caller) or ``"box"`` (official per-(atom, head) box).
+        images: ``"sphere"`` (geometry provided by the caller: fixed images, or a pool from which the layer
+            takes those within k · max_h σ_ih of each atom) or ``"box"`` (official per-(atom, head) box).
         box_sigma, box_min: the box rule's 3.5 σ and R_min = 2.
     """
 
@@ -168,6 +173,9 @@ class DistanceDecayAttention(nn.Module):
             R = official_box_radius(sigma, geo.lattice[geo.batch].to(sigma.dtype), self.box_sigma, self.box_min)
             img = box_images(geo.lattice, geo.pos, geo.ptr, R)
             dist_basis = self.dist_basis(img.d2.sqrt())
+        elif geo.images is None and geo.pool is not None:  # σ-following sphere: R_i = k · max_h σ_ih
+            sigma = torch.sqrt(-0.5 / a.detach().amax(1))
+            img, dist_basis = geo.pool.within(geo.pool.k * sigma)
         else:
             img, dist_basis = geo.images, geo.dist_basis
         mask = img.mask if img.mask.dim() == 3 else img.mask[:, :, None]

@@ -43,6 +43,7 @@ from crystalframer.data.ecn_graph import (
     GraphCache,
     build_ecn_graph,
     collate_ecn,
+    connected_only,
     graph_key,
 )
 from crystalframer.data.structures import N_ELEMENTS, Crystal, to_crystal
@@ -235,6 +236,9 @@ class ECNNet(nn.Module):
         graph: :class:`ECNGraphSettings` fields as a dict (default: IsayevNN, tol 0.5 Å, cutoff 6 Å).
         graph_cache_dir: optional folder for the on-disk graph cache used by :meth:`collate`.
         graph_memo_size: graphs kept in memory by :meth:`collate` (0 disables), keyed by structure hash.
+        drop_disconnected: apply ECN's dataset filter in training (:meth:`filter_splits`): structures whose
+            graph is not strongly connected are left out of the train, validation and test sets, with a
+            warning giving the count (the paper drops them). Prediction is never filtered.
 
     ``config`` holds every constructor argument (JSON-able), so ``ECNNet(**model.config)`` rebuilds it.
     Outputs are on the normalised target scale; the buffers ``target_mean`` / ``target_std`` (filled by
@@ -247,7 +251,8 @@ class ECNNet(nn.Module):
                  species_encoding: str = "onehot", hubbard: bool = False, edge_function: str = "slots",
                  self_loops: bool = True, graph: dict[str, Any] | None = None,
                  graph_cache_dir: str | None = None, graph_memo_size: int = 50000,
-                 target_units: Sequence[str] | None = None, task: str = "regression"):
+                 target_units: Sequence[str] | None = None, task: str = "regression",
+                 drop_disconnected: bool = True):
         super().__init__()
         check_task(task)
         group = canonical_group_name(group)
@@ -273,7 +278,7 @@ class ECNNet(nn.Module):
             "species_encoding": species_encoding, "hubbard": bool(hubbard), "edge_function": edge_function,
             "self_loops": bool(self_loops), "graph": settings.to_dict(),
             "graph_cache_dir": None if graph_cache_dir is None else str(graph_cache_dir),
-            "graph_memo_size": int(graph_memo_size), "task": task,
+            "graph_memo_size": int(graph_memo_size), "task": task, "drop_disconnected": bool(drop_disconnected),
         }
         self.task = task
         self.group = get_group(group)
@@ -338,6 +343,22 @@ class ECNNet(nn.Module):
         for them. The returned graphs carry ``connected`` (ECN's dataset filter drops the others).
         """
         return [self.build_graph(c) for c in crystals]
+
+    def filter_splits(self, splits: Any) -> Any:
+        """ECN's dataset filter on a trainer's ``Splits`` (train, val, test): without
+        ``drop_disconnected`` the splits are returned unchanged; otherwise structures with disconnected
+        graphs are removed from each split (:func:`~crystalframer.data.ecn_graph.connected_only`, which warns
+        with the count), and the dropped ids are recorded in ``splits.errors``.
+        """
+        if not self.config.get("drop_disconnected", True):
+            return splits
+        errors = list(splits.errors)
+        parts = {}
+        for name in ("train", "val", "test"):
+            kept, dropped = connected_only(getattr(splits, name), self.build_graph, name)
+            parts[name] = kept
+            errors += [(-1, i, f"{name}: ECN graph not strongly connected (dropped)") for i in dropped]
+        return replace(splits, errors=errors, **parts)
 
     def clear_graph_memo(self) -> None:
         self._memo.clear()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crystalframer.frames import FRAMES, build_frame
-from crystalframer.geometry.images import default_cutoff, sphere_images
+from crystalframer.geometry.images import IMAGE_TOL, SpherePool, sphere_images, tail_factor
 from crystalframer.nn.attention import DistanceDecayAttention, Geometry
 from crystalframer.nn.basis import AngleBasis, DistanceBasis
 from crystalframer.nn.heads import check_task
@@ -60,12 +60,15 @@ class CrystalFramerNet(nn.Module):
         angle_bins, angle_width, angle_coef: angular basis (64, 4, 1).
         basis_window: evaluate only the published windows of basis functions (False: the paper's full
             basis; True: the released kernels, needed for numerical parity with published weights).
-        images: ``"sphere"`` (default: every image within ``cutoff`` Å; invariant to the unit cell and to the
+        images: ``"sphere"`` (default: every image within a radius that follows σ, or within ``cutoff`` Å; invariant to the unit cell and to the
             periodic image given for each atom) or ``"box"`` (the released per-(atom, head) shift box
             centred on the raw coordinates; compatibility mode for parity with published models).
-        cutoff: sphere radius in Å. Default 3.5 σ_max = 3.5 r0/√b = 6.93 Å: the released box rule applied
-            at the largest σ the model can express, so for every head the dropped weight of an image
-            relative to the atom's own weight is below exp(−3.5²/2) ≈ 2e-3 at σ_max and ≈ 1e-4 at σ = 1.65 Å.
+        cutoff: a fixed sphere radius in Å, or None (default): the radius follows the model's σ, per layer
+            and atom R_i = k · max_h σ_ih with k = 5.54 for ``image_tol`` = 1e-6 (the relative attention
+            weight left out for equal q·k, see :mod:`crystalframer.geometry.images`). At σ_max = r0/√b =
+            1.98 Å that is 10.96 Å; the former fixed default 6.93 Å (3.5 σ_max) dropped up to 7.9e-3 there.
+            Checkpoints of models trained with a fixed radius keep it (it is in their config).
+        image_tol: tail tolerance of the σ-following sphere (ignored with a fixed ``cutoff``).
         box_sigma, box_min: the released box rule (3.5 σ, R_min = 2), for ``images="box"``.
         frame_noise: tie-breaking noise (Å², published 1e-5); 0 gives the deterministic tie order
             (first image in (j, n) order).
@@ -78,7 +81,7 @@ class CrystalFramerNet(nn.Module):
                  dist_bins: int = 64, dist_max: float | None = None, dist_width: float = 1.0,
                  dist_coef: float = 1.0, angle_bins: int = 64, angle_width: float = 4.0, angle_coef: float = 1.0,
                  basis_window: bool = False, images: str = "sphere", cutoff: float | None = None,
-                 box_sigma: float = 3.5, box_min: int = 2, frame_noise: float = 1e-5,
+                 box_sigma: float = 3.5, box_min: int = 2, frame_noise: float = 1e-5, image_tol: float = IMAGE_TOL,
                  frame_options: dict[str, Any] | None = None, target_units: Sequence[str] | None = None,
                  task: str = "regression"):
         super().__init__()
@@ -89,13 +92,15 @@ class CrystalFramerNet(nn.Module):
         if len(target_names) != n_targets:
             raise ValueError(f"{len(target_names)} target names for {n_targets} targets")
         dist_max = 10 * r0 if dist_max is None else dist_max
-        cutoff = default_cutoff(r0, sigma_lb, box_sigma) if cutoff is None else float(cutoff)
+        cutoff = None if cutoff is None else float(cutoff)
+        tail_factor(image_tol)  # validates the tolerance
         self.config = dict(
             frame=frame or "none", n_targets=n_targets, target_names=target_names, num_layers=num_layers,
             model_dim=model_dim, num_heads=num_heads, ff_dim=ff_dim, head_dims=list(head_dims), r0=r0,
             sigma_lb=sigma_lb, beta=beta, dist_bins=dist_bins, dist_max=dist_max, dist_width=dist_width,
             dist_coef=dist_coef, angle_bins=angle_bins, angle_width=angle_width, angle_coef=angle_coef,
-            basis_window=basis_window, images=images, cutoff=cutoff, box_sigma=box_sigma, box_min=box_min,
+            basis_window=basis_window, images=images, cutoff=cutoff, image_tol=float(image_tol), box_sigma=box_sigma,
+            box_min=box_min,
             frame_noise=frame_noise, frame_options=dict(frame_options or {}),
             target_units=list(target_units) if target_units is not None else [""] * n_targets, task=task,
         )
@@ -144,13 +149,17 @@ class CrystalFramerNet(nn.Module):
     def geometry(self, batch) -> Geometry:
         """Image slots and distance basis for a batch (no gradient: positions are inputs; never autocast)."""
         with torch.no_grad(), torch.autocast(batch.pos.device.type, enabled=False):
-            if self.config["images"] == "sphere":
+            pool = None
+            if self.config["images"] == "sphere" and self.config["cutoff"] is not None:
                 img = sphere_images(batch.lattice, batch.pos, batch.ptr, self.config["cutoff"])
                 dist = self.dist_basis(img.d2.sqrt())
             else:
                 img, dist = None, None
+                if self.config["images"] == "sphere":  # σ-following: each layer takes its radius from the pool
+                    pool = SpherePool(batch.lattice, batch.pos, batch.ptr, self.dist_basis,
+                                      self.config.get("image_tol", IMAGE_TOL))
         return Geometry(images=img, dist_basis=dist, lattice=batch.lattice, pos=batch.pos, batch=batch.batch,
-                        ptr=batch.ptr)
+                        ptr=batch.ptr, pool=pool)
 
     def encode(self, batch, keep: bool = False) -> dict[str, Any]:
         """Run the blocks. Returns ``x`` (N, d) and, with ``keep``, per-layer states, a and frames."""
@@ -198,5 +207,7 @@ class CrystalFramerNet(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def extra_repr(self) -> str:
-        return f"frame={self.frame!r}, images={self.config['images']!r}, cutoff={self.config['cutoff']:.3f} Å"
+        c = self.config["cutoff"]
+        radius = f"cutoff={c:.3f} Å" if c is not None else f"cutoff=σ-following (tol {self.config.get('image_tol', IMAGE_TOL):g})"
+        return f"frame={self.frame!r}, images={self.config['images']!r}, {radius}"
 

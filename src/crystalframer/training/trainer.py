@@ -445,6 +445,8 @@ def train(config: TrainConfig | Mapping[str, Any], resume: bool | str = False, s
         splits = resolve_data(config.data)  # type: ignore[arg-type]
     if model is None:
         model = build_model(config, recipe, splits.target_names, splits.target_units)
+    if hasattr(model, "filter_splits"):  # a model family's own data filter (ECN: disconnected graphs, warned)
+        splits = model.filter_splits(splits)
     task = check_model_task(model, recipe)
     if task == "classification":
         for part in (splits.train, splits.val, splits.test):
