@@ -6,16 +6,19 @@ evaluated on a finite set of images, held per atom i as a padded list of "slots"
 * ``sphere`` (the library default): all images within a radius of atom i, the self image included. The set
   is a set of physical points, so it does not depend on the unit cell chosen, the periodic image given for
   each atom, rotation or atom order. The radius either follows the model's σ (the default,
-  :class:`SpherePool`): per layer and atom, R_i = k · max_h σ_ih, with k = :func:`tail_factor` (tol) = 5.54
-  for the default ``tol`` = 1e-6; or it is a fixed ``cutoff`` in Å given by the user.
+  :class:`SpherePool`): per layer and atom, R_i = k · max_h σ_ih, with k = :func:`sphere_factor` (tol) = 5.83
+  for the default ``tol`` = 1e-6 (the χ₃ quantile of tol / 5, see below); or it is a fixed ``cutoff`` in Å
+  given by the user.
 
   Tail bound: for equal q·k over the images, the weight an atom drops is the Gaussian mass
   Σ_(d > R) exp(−d²/2σ²) relative to Σ_all exp(−d²/2σ²). Where the images are dense on the scale of σ the
   sums are integrals and the ratio is P(χ₃ > R/σ) = erfc(k/√2) + √(2/π) k exp(−k²/2), which is ``tol`` at
   R = kσ; where they are sparse the self image (weight 1) dominates the total and the ratio is smaller.
   Measured on bcc Fe, Si and NaCl at σ = σ_max = r0/√b = 1.98 Å (the largest σ of the parametrisation)
-  against a 30 Å sphere: at most 7e-7 with k σ_max = 10.96 Å, against 7.9e-3 for the former fixed
-  default 6.93 Å (3.5 σ_max, the released box rule's factor). A spread Δ of q·k over the neighbours
+  against a 30 Å sphere: at most 7e-7 already with 5.54 σ_max = 10.96 Å (the continuum quantile of 1e-6), against
+  7.9e-3 for the former fixed default 6.93 Å (3.5 σ_max, the released box rule's factor). The discrete shells of
+  real lattices exceed the continuum bound by up to 3.4× (:data:`TAIL_MARGIN`), so the radius is taken for
+  tol / 5: 5.83 σ, 11.54 Å at σ_max. A spread Δ of q·k over the neighbours
   scales the relative dropped weight by at most exp(Δ).
 * ``box`` (the official rule, spec §3.3): per atom i and head h, every shift n with |n_k| <= R_k(i, h),
   centred on n = 0 with the raw (unwrapped) coordinates. Used for parity with the published model.

@@ -64,9 +64,9 @@ class CrystalFramerNet(nn.Module):
             periodic image given for each atom) or ``"box"`` (the released per-(atom, head) shift box
             centred on the raw coordinates; compatibility mode for parity with published models).
         cutoff: a fixed sphere radius in Å, or None (default): the radius follows the model's σ, per layer
-            and atom R_i = k · max_h σ_ih with k = 5.54 for ``image_tol`` = 1e-6 (the relative attention
+            and atom R_i = k · max_h σ_ih with k = 5.83 for ``image_tol`` = 1e-6 (the relative attention
             weight left out for equal q·k, see :mod:`crystalframer.geometry.images`). At σ_max = r0/√b =
-            1.98 Å that is 10.96 Å; the former fixed default 6.93 Å (3.5 σ_max) dropped up to 7.9e-3 there.
+            1.98 Å that is 11.54 Å; the former fixed default 6.93 Å (3.5 σ_max) dropped up to 7.9e-3 there.
             Checkpoints of models trained with a fixed radius keep it (it is in their config).
         image_tol: tail tolerance of the σ-following sphere (ignored with a fixed ``cutoff``).
         box_sigma, box_min: the released box rule (3.5 σ, R_min = 2), for ``images="box"``.
