@@ -34,6 +34,7 @@ class FrameInput:
         noise: tie-breaking noise amplitude (Å² for distances); 0 for a deterministic tie order.
         x: (N, d) the layer's input states (for frames predicted from invariant features).
         layer: the layer's index.
+        species: (N, 98) occupancy-weighted species vectors, or None when the caller does not give them.
     """
 
     images: Images
@@ -49,6 +50,7 @@ class FrameInput:
     noise: float
     x: Tensor | None = None
     layer: int = 0
+    species: Tensor | None = None
 
     @property
     def d2(self) -> Tensor:

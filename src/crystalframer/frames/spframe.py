@@ -29,11 +29,16 @@ Crystalformer attention block (``message="first"``). ``message="all"`` gives eve
 
 from __future__ import annotations
 
+import hashlib
 import math
+import warnings
+from collections import OrderedDict
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from crystalframer.frames import ties as ties_mod
 from crystalframer.frames.base import FrameInput, FrameMethod, _perpendicular, register_frame
 from crystalframer.geometry.images import lexicographic_shifts, plane_spacings
 
@@ -43,6 +48,14 @@ GLOBAL_FRAMES = ("qr", "polar", "pca", "reduced", "identity")
 MESSAGE_MODES = ("first", "all", "none")
 #: Relative eigenvalue gap under which the PCA global frame is degenerate.
 PCA_TOL = 1e-6
+#: spglib distance tolerance (Å) of the primitive cell behind the reduced global frame: far above float32
+#: rounding of positions (~1e-6 Å), far below the distances that tell real structures apart.
+PRIMITIVE_SYMPREC = 1e-3
+#: frames the lattice tie set may hold before deduplication (an fcc lattice gives 288 tied bases, 72 distinct
+#: Gram–Schmidt frames); above it the set is truncated with a warning (see :func:`lattice_frame_set`)
+REDUCED_SET_CAP = 4096
+#: reduced frame sets kept per process (least recently used dropped first), keyed by the cell's exact values
+REDUCED_CACHE_SIZE = 50_000
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -188,10 +201,121 @@ def reduced_frame(lattice: Tensor) -> Tensor:
     It depends on the lattice only, not on the cell's basis, so a change of unit cell (a unimodular basis
     change) does not change it. Lattices with several equally short candidates (cubic, tetragonal,
     hexagonal, right angles) have no canonical choice: the lexicographic tie order is used, which is
-    rotation invariant but depends on the basis given (no frame from the lattice alone can avoid this).
+    rotation invariant but depends on the basis given (no single frame from the lattice alone can avoid
+    this). SPFrame's ``global_frame="reduced"`` therefore averages over every tied choice of the primitive
+    lattice (:func:`primitive_reduced_frame_sets`); this single frame is its ``ties="first"`` variant.
     """
     canon = torch.stack([reduced_basis(T) for T in lattice])  # (B, 3, 3) rows, det > 0
     return gram_schmidt(canon[:, 0], canon[:, 1])
+
+
+def primitive_lattice(lattice: np.ndarray, frac: np.ndarray, types: np.ndarray,
+                      symprec: float = PRIMITIVE_SYMPREC, name: str = "structure") -> np.ndarray:
+    """(3, 3) lattice (rows, Å), (n, 3) fractional positions and (n,) integer atom types → (3, 3) a basis (rows)
+    of the crystal's primitive lattice, in the input orientation.
+
+    spglib ``standardize_cell(to_primitive=True, no_idealize=True)`` (Togo et al., spglib documentation).
+    The primitive lattice is the crystal's full translation group, so every supercell and every unit cell of
+    one crystal give the same lattice (its basis may differ; :func:`reduced_frame_set` does not depend on
+    it). Where spglib finds no cell, or returns one that is not a superlattice of the input in the input
+    orientation, the input lattice is used and a ``RuntimeWarning`` names the structure.
+    """
+    import spglib
+
+    lattice = np.asarray(lattice, dtype=np.float64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = spglib.standardize_cell((lattice, np.asarray(frac, dtype=np.float64), np.asarray(types)),
+                                          to_primitive=True, no_idealize=True, symprec=symprec)
+    except Exception:  # noqa: BLE001 - spglib raises its own error type in some versions; fall back
+        out = None
+    if out is not None:
+        prim = np.asarray(out[0], dtype=np.float64)
+        M = lattice @ np.linalg.inv(prim)  # input vectors in the primitive basis: integers for a sublattice
+        if np.abs(M - np.round(M)).max() < 1e-6 and round(abs(np.linalg.det(np.round(M)))) >= 1:
+            return prim
+    warnings.warn(f"{name}: spglib found no primitive cell (symprec {symprec} Å); SPFrame's reduced global "
+                  "frame uses the input cell, so a supercell of it may get other frames", RuntimeWarning,
+                  stacklevel=2)
+    return lattice
+
+
+def reduced_frame_set(lattice: Tensor, cap: int = REDUCED_SET_CAP) -> tuple[Tensor, Tensor]:
+    """Every tied reduced-basis global frame of one (3, 3) lattice → ``(frames (T, 3, 3), weights (T,))``.
+
+    The tie set of :func:`~crystalframer.frames.ties.lattice_frame_set` (every choice of the shortest vectors
+    l1, l2, l3 under the rules of :func:`reduced_basis`, weighted per l1, then per l2, then per l3) mapped to
+    Gram–Schmidt frames of (l1, l2) as in :func:`reduced_frame`; equal frames are merged and their weights
+    summed. The set is the orbit of one frame under the lattice's point group, so it depends on the lattice
+    only: not on its basis, and it rotates with it. A lattice without ties gives T = 1, the frame of
+    :func:`reduced_frame`.
+    """
+    from crystalframer.frames.ties import lattice_frame_set
+
+    F, w = lattice_frame_set(lattice, cap=cap)
+    G = gram_schmidt(F[:, 0], F[:, 1])
+    key = torch.round(G.reshape(-1, 9) / (lattice.new_tensor(1e-6))).long()
+    _, inv = torch.unique(key, dim=0, return_inverse=True)
+    T = int(inv.max()) + 1
+    weights = w.new_zeros(T).index_add_(0, inv, w)
+    frames = G.new_zeros(T, 3, 3).index_add_(0, inv, G) / torch.bincount(inv, minlength=T).to(G.dtype)[:, None, None]
+    return frames, weights / weights.sum()
+
+
+_REDUCED_CACHE: "OrderedDict[bytes, tuple[Tensor, Tensor]]" = OrderedDict()
+
+
+def primitive_reduced_frame_sets(lattice: Tensor, pos: Tensor, species: Tensor | None, ptr: Tensor,
+                                 symprec: float = PRIMITIVE_SYMPREC) -> tuple[Tensor, Tensor]:
+    """Reduced-basis frame sets of the crystals' primitive lattices (cell invariant, rotation equivariant).
+
+    Args:
+        lattice: (B, 3, 3) rows, Å; pos: (N, 3) Cartesian, Å; species: (N, 98) species vectors (None: the
+            input lattices are used as they are, with a warning: a supercell then gets other frames);
+        ptr: (B + 1,) atom offsets.
+    Returns:
+        frames (B, T, 3, 3) and weights (B, T) (0 for padding, each row sums to 1), in ``lattice``'s dtype.
+
+    Each crystal is reduced to its primitive lattice (:func:`primitive_lattice`), whose tied reduced bases
+    give the set (:func:`reduced_frame_set`). Results are cached per process by the cell's exact values
+    (spglib and the tie search cost ~10 ms per crystal, and a forward calls this once per SPFrame layer).
+    """
+    from crystalframer.data.ecn_graph import species_types
+
+    if species is None:
+        ties_mod._warn_once("spframe-no-species", "SPFrame's reduced global frame got no species: the input "
+                                                  "cells are not reduced to primitive cells")
+    lat64 = lattice.detach().to("cpu", torch.float64).numpy()
+    pos64 = pos.detach().to("cpu", torch.float64).numpy()
+    spec = None if species is None else species.detach().to("cpu", torch.float64).numpy()
+    bounds = ptr.tolist()
+    sets = []
+    for b in range(lat64.shape[0]):
+        L = lat64[b]
+        frac = pos64[bounds[b]:bounds[b + 1]] @ np.linalg.inv(L)
+        types = (species_types(spec[bounds[b]:bounds[b + 1]])[0] + 1 if spec is not None
+                 else np.ones(frac.shape[0], dtype=np.int64))
+        h = hashlib.blake2b(digest_size=16)
+        for part in (L, frac, types, np.float64(symprec), np.int8(spec is None)):
+            h.update(np.ascontiguousarray(part).tobytes())
+        key = h.digest()
+        hit = _REDUCED_CACHE.get(key)
+        if hit is None:
+            prim = primitive_lattice(L, frac, types, symprec, f"structure {b} of the batch") if spec is not None else L
+            hit = reduced_frame_set(torch.from_numpy(prim))
+            _REDUCED_CACHE[key] = hit
+            if len(_REDUCED_CACHE) > REDUCED_CACHE_SIZE:
+                _REDUCED_CACHE.popitem(last=False)
+        else:
+            _REDUCED_CACHE.move_to_end(key)
+        sets.append(hit)
+    T = max(f.shape[0] for f, _ in sets)
+    frames = torch.zeros(len(sets), T, 3, 3, dtype=torch.float64)
+    weights = torch.zeros(len(sets), T, dtype=torch.float64)
+    for b, (f, w) in enumerate(sets):
+        frames[b, :f.shape[0]], weights[b, :f.shape[0]] = f, w
+    return frames.to(lattice.device, lattice.dtype), weights.to(lattice.device, lattice.dtype)
 
 
 def global_frame(lattice: Tensor, method: str = "qr", pca_fallback: str = "qr") -> Tensor:
@@ -270,7 +394,8 @@ class _SPFrameBase(FrameMethod):
 
     Args:
         dim, heads, layer: model width, head count and this layer's index (passed by the model).
-        global_frame: ``"qr"`` (default), ``"polar"``, ``"pca"``, ``"reduced"``, ``"identity"``.
+        global_frame: ``"qr"`` (default, the paper's), ``"polar"``, ``"pca"``, ``"reduced"`` (invariant to
+            the choice of unit cell and to supercells, see below), ``"identity"``.
         per_head: one invariant rotation per (atom, head) (default, like CrystalFramer's per-head frames)
             or one per atom shared by the heads.
         message: ``"first"`` (default: an extra invariant attention block feeds the predictor in the first
@@ -279,6 +404,15 @@ class _SPFrameBase(FrameMethod):
             identity rotation, so training starts from the plain global frame).
         pca_fallback: ``"qr"`` or ``"raise"`` for degenerate PCA frames.
         dist_bins, dist_max: distance basis of the extra attention block.
+        symprec: spglib tolerance (Å) of the primitive cell of ``global_frame="reduced"``.
+        ties: for ``global_frame="reduced"`` only (the other global frames have no discrete choice):
+            ``"auto"`` (default) and ``"average"``: F_g ranges over every tied reduced basis of the crystal's
+            primitive lattice (:func:`primitive_reduced_frame_sets`), in training and evaluation alike, and
+            the angular features are averaged over F_ih = R_ih F_g^t with the set's weights (the learned
+            rotation gets its gradient through every term); ``"noise"``: one tied basis drawn at random
+            (by the weights) per crystal and call; ``"first"``: the single lexicographic choice of
+            :func:`reduced_frame` on the input cell (the former behaviour: depends on the basis when lengths
+            tie, and on supercells).
     """
 
     differentiable = True
@@ -287,8 +421,9 @@ class _SPFrameBase(FrameMethod):
 
     def __init__(self, dim: int | None = None, heads: int | None = None, layer: int = 0, global_frame: str = "qr",
                  per_head: bool = True, message: str = "first", init_scale: float = 0.1, pca_fallback: str = "qr",
-                 dist_bins: int = 64, dist_max: float = 14.0, eps: float = 1e-6, **options):
-        super().__init__(**options)  # the base's options (tie policy: unused, SPFrame has no discrete choice)
+                 dist_bins: int = 64, dist_max: float = 14.0, eps: float = 1e-6,
+                 symprec: float = PRIMITIVE_SYMPREC, **options):
+        super().__init__(**options)  # the base's options (tie policy: the ties of the reduced global frame)
         _check_sizes(dim, heads)
         if global_frame not in GLOBAL_FRAMES:
             raise ValueError(f"global_frame must be one of {GLOBAL_FRAMES}, got {global_frame!r}")
@@ -298,7 +433,7 @@ class _SPFrameBase(FrameMethod):
             raise ValueError(f"pca_fallback must be 'qr' or 'raise', got {pca_fallback!r}")
         self.dim, self.heads, self.layer = dim, heads, layer
         self.global_method, self.per_head, self.message = global_frame, per_head, message
-        self.pca_fallback, self.eps = pca_fallback, eps
+        self.pca_fallback, self.eps, self.symprec = pca_fallback, eps, float(symprec)
         use_block = message == "all" or (message == "first" and layer == 0)
         self.blocks = nn.ModuleList([InvariantMessage(dim, heads, dist_bins, dist_max)
                                      for _ in range(self.n_predictors)] if use_block else [])
@@ -312,20 +447,51 @@ class _SPFrameBase(FrameMethod):
             return [blk(inp) for blk in self.blocks]
         return [inp.x] * self.n_predictors
 
+    def tie_mode(self, inp: FrameInput) -> str:
+        """``"auto"`` is ``"average"`` in training and evaluation: SPFrame has no published tie noise, and the
+        learned rotation must train on the frames it is evaluated with."""
+        return "average" if self.ties == "auto" else self.ties
+
     def global_axes(self, inp: FrameInput) -> Tensor:
-        """(N, 1, 3, 3): F_g of each atom's crystal."""
+        """(N, 1, 3, 3): F_g of each atom's crystal (for ``"reduced"``: the ``ties="first"`` choice)."""
         return global_frame(inp.lattice, self.global_method, self.pca_fallback)[inp.batch][:, None]
+
+    def global_frame_set(self, inp: FrameInput) -> tuple[Tensor, Tensor]:
+        """(N, T, 3, 3) candidate global frames of each atom's crystal and (N, T) weights (rows sum to 1).
+
+        T = 1 except for ``global_frame="reduced"`` under the ``"average"`` policy, where the set holds every
+        tied reduced basis of the primitive lattice (T = 24 for a cubic P lattice, 72 for fcc, 12 hexagonal).
+        """
+        mode = self.tie_mode(inp)
+        if self.global_method != "reduced" or mode == "first":
+            F = self.global_axes(inp)
+            return F, torch.ones(F.shape[:2], dtype=F.dtype, device=F.device)
+        frames, weights = primitive_reduced_frame_sets(inp.lattice, inp.pos, inp.species, inp.ptr, self.symprec)
+        if mode == "noise":  # one tied basis per crystal, drawn with the set's probabilities
+            pick = torch.multinomial(weights, 1)[:, 0]
+            frames = frames[torch.arange(frames.shape[0], device=frames.device), pick][:, None]
+            weights = torch.ones_like(weights[:, :1])
+        return frames[inp.batch], weights[inp.batch]
+
+    def compose(self, R: Tensor, inp: FrameInput) -> Tensor | tuple[Tensor, Tensor]:
+        """F_ih = R_ih F_g: (N, H, 3, 3) for one global frame per crystal, or the weighted set
+        ``(axes (N, H, T, 3, 3), weights (N, H, T))`` when F_g ranges over tied candidates."""
+        H = inp.a.shape[1]
+        Fg, wg = self.global_frame_set(inp)
+        if Fg.shape[1] == 1:
+            return (R @ Fg).expand(-1, H, -1, -1)
+        axes = (R[:, :, None] @ Fg[:, None]).expand(-1, H, -1, -1, -1)
+        return axes, wg[:, None].expand(-1, H, -1)
 
     def invariant_rotation(self, inp: FrameInput) -> Tensor:
         """(N, H, 3, 3) invariant rotations F_INV (rows)."""
         raise NotImplementedError
 
-    def forward(self, inp: FrameInput) -> Tensor:
+    def forward(self, inp: FrameInput) -> Tensor | tuple[Tensor, Tensor]:
         H = inp.a.shape[1]
         if H != self.heads:
             raise ValueError(f"frame built for {self.heads} heads, layer has {H}")
-        R = self.invariant_rotation(inp)
-        return (R @ self.global_axes(inp)).expand(-1, H, -1, -1)
+        return self.compose(self.invariant_rotation(inp), inp)
 
     def extra_repr(self) -> str:
         return (f"global_frame={self.global_method!r}, per_head={self.per_head}, message={self.message!r}, "
@@ -391,8 +557,8 @@ class SPFrameGlobal(_SPFrameBase):
                          pca_fallback=pca_fallback, **options)
         self.heads = heads
 
-    def forward(self, inp: FrameInput) -> Tensor:
-        return self.global_axes(inp).expand(-1, inp.a.shape[1], -1, -1)
+    def forward(self, inp: FrameInput) -> Tensor | tuple[Tensor, Tensor]:
+        return self.compose(torch.eye(3, dtype=inp.lattice.dtype, device=inp.lattice.device)[None, None], inp)
 
 
 @register_frame

@@ -46,6 +46,8 @@ class Geometry:
         lattice: (B, 3, 3); pos: (N, 3); batch: (N,); ptr: (B + 1,).
         pool: the σ-following sphere (:class:`~crystalframer.geometry.images.SpherePool`): each layer uses
             the images within k · max_h σ_ih of atom i.
+        species: (N, 98) occupancy-weighted species vectors (None when unknown), for frames that need the
+            crystal's symmetry (SPFrame's reduced global frame reduces to the primitive cell).
     """
 
     images: Images | None
@@ -55,6 +57,7 @@ class Geometry:
     batch: Tensor
     ptr: Tensor
     pool: SpherePool | None = None
+    species: Tensor | None = None
 
 
 def as_frame_set(frames: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -203,7 +206,8 @@ class DistanceDecayAttention(nn.Module):
             selfimg, unit = img.self_image, img.unit
             inp = FrameInput(images=img, unit=unit, candidate=mask & ~selfimg[:, :, None], qk=slot_qk.detach(),
                              a=a.detach(), w=w.detach(), lattice=geo.lattice, pos=geo.pos, batch=geo.batch,
-                             ptr=geo.ptr, noise=self.frame_noise, x=x, layer=layer)
+                             ptr=geo.ptr, noise=self.frame_noise, x=x, layer=layer,
+                             species=geo.species)
             if self.frame.differentiable:
                 frames = self.frame(inp)
             else:

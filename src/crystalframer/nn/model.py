@@ -159,7 +159,7 @@ class CrystalFramerNet(nn.Module):
                     pool = SpherePool(batch.lattice, batch.pos, batch.ptr, self.dist_basis,
                                       self.config.get("image_tol", IMAGE_TOL))
         return Geometry(images=img, dist_basis=dist, lattice=batch.lattice, pos=batch.pos, batch=batch.batch,
-                        ptr=batch.ptr, pool=pool)
+                        ptr=batch.ptr, pool=pool, species=batch.species)
 
     def encode(self, batch, keep: bool = False) -> dict[str, Any]:
         """Run the blocks. Returns ``x`` (N, d) and, with ``keep``, per-layer states, a and frames."""
