@@ -154,7 +154,7 @@ def test_cv_command_resumes_and_keeps_test_rows_out(tmp_path, monkeypatch):
         assert f["true"] == [labels[x] for x in f["ids"]]
         err = np.abs(np.array(f["predictions"]) - np.array(f["true"]))
         assert f["metrics"]["mae"] == pytest.approx(err.mean()) and f["metrics"]["max_error"] == pytest.approx(err.max())
-        assert f["n_val"] == 1 and f["wall_s"] > 0
+        assert f["n_val"] == 1 and f["wall_s"] > 0 and f["cpu_s"] > 0
         seen += f["ids"]
     assert sorted(seen) == sorted(labels)  # every row predicted exactly once
     assert [sorted(res["folds"][f"fold_{k}"]["ids"]) for k in range(3)] == \
