@@ -63,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     tr, va = inner_splits()
     load0 = os.getloadavg()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     preds, members = [], []
     for j in range(a.seeds):
         recipe = _kv(a.recipe)
@@ -78,17 +78,17 @@ def main() -> None:
         members.append({"seed": recipe["seed"], "val_mae_final": res.metrics[final]["val"]["exfoliation_en"]["mae"],
                         "val_mae_best": res.metrics["best"]["val"]["exfoliation_en"]["mae"],
                         "best_epoch": res.metrics["best_epoch"], "fit_time_s": res.metrics["fit_time_s"],
-                        "params": res.metrics["num_parameters"]})
+                        "params": res.metrics["num_parameters"], "val_predictions": yp.tolist()})
     wall = time.perf_counter() - t0
     yt = np.array([c.targets[0] for c in va])
     ens = float(np.mean(np.abs(np.mean(preds, axis=0) - yt)))
     row = {"name": a.name, "frame": a.frame, "preset": a.preset, "model": _kv(a.model), "recipe": _kv(a.recipe),
            "seeds": a.seeds, "n_train": len(tr), "n_val": len(va), "inner_val_mae": ens, "members": members,
-           "wall_s": wall, "threads": a.threads, "load_before": list(load0), "load_after": list(os.getloadavg()),
+           "wall_s": wall, "cpu_s": time.process_time() - c0, "threads": a.threads, "load_before": list(load0), "load_after": list(os.getloadavg()),
            "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
     log = json.loads(LOG.read_text()) if LOG.is_file() else []
     log.append(row)
-    LOG.write_text(json.dumps(log, indent=1))
+    LOG.write_text(json.dumps(log, indent=1))  # runs in parallel: read-append-write right away
     print(json.dumps({k: row[k] for k in ("name", "inner_val_mae", "wall_s")}), [m["val_mae_best"] for m in members])
 
 

@@ -42,7 +42,7 @@ from crystalframer.data.datasets import CrystalDataset, split_indices
 from crystalframer.data.matbench import MATBENCH_SEED, kfold_test_indices, load_matbench, matbench_ids
 from crystalframer.data.structures import Crystal
 
-__all__ = ["CVResult", "cross_validate", "read_fold_file", "fold_metrics", "read_leaderboard",
+__all__ = ["CVResult", "cross_validate", "fold_sets", "read_fold_file", "fold_metrics", "read_leaderboard",
            "JDFT2D_LEADERBOARD", "MATBENCH_UNITS"]
 
 #: Units of the Matbench v0.1 targets.
@@ -95,6 +95,22 @@ def fold_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         return {"mae": math.nan, "rmse": math.nan, "max_error": math.nan, "n": 0}
     return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2))),
             "max_error": float(np.max(np.abs(err))), "n": int(err.size)}
+
+
+def fold_sets(crystals: Sequence[Crystal], test_ids: Sequence[str], fold: int, val_fraction: float = 0.1,
+              val_seed: int = 0) -> tuple[list[Crystal], list[Crystal], list[Crystal]]:
+    """(train, val, test) crystals of one fold: test = ``test_ids`` in that order; val = a seeded share
+    ``val_fraction`` of the other rows (:func:`~crystalframer.data.datasets.split_indices` with seed
+    ``val_seed + fold``); train = the rest, in data order."""
+    by_id = {c.id: c for c in crystals}
+    test = set(test_ids)
+    pool = [c for c in crystals if c.id not in test]
+    if float(val_fraction) > 0:
+        idx = split_indices(len(pool), (1 - float(val_fraction), float(val_fraction), 0.0), int(val_seed) + int(fold))
+        train_set, val_set = [pool[i] for i in sorted(idx["train"])], [pool[i] for i in sorted(idx["val"])]
+    else:
+        train_set, val_set = list(pool), []
+    return train_set, val_set, [by_id[x] for x in test_ids]
 
 
 def read_fold_file(path: str | os.PathLike, ids: Sequence[str]) -> list[list[str]]:
@@ -430,7 +446,6 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
     else:
         with atomic_open(saved, "w") as f:
             json.dump(jsonable({"settings_key": key, "settings": settings}), f, indent=2)
-    by_id = {c.id: c for c in d.crystals}
     name = name or f"{config.frame or config.model.get('frame', 'model')}-{config.preset}"
     recipe = config.resolved_recipe()
     jobs_list, trained = [], []
@@ -440,14 +455,7 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
             if verbose:
                 print(f"fold {k}: finished before, skipped")
             continue
-        test_ids = set(d.folds[k])
-        pool = [c for c in d.crystals if c.id not in test_ids]
-        if float(val_fraction) > 0:
-            idx = split_indices(len(pool), (1 - float(val_fraction), float(val_fraction), 0.0), int(val_seed) + k)
-            train_set, val_set = [pool[i] for i in sorted(idx["train"])], [pool[i] for i in sorted(idx["val"])]
-        else:
-            train_set, val_set = pool, []
-        test_set = [by_id[x] for x in d.folds[k]]
+        train_set, val_set, test_set = fold_sets(d.crystals, d.folds[k], k, val_fraction, val_seed)
         jobs_list.append({"fold": k, "fold_dir": str(fold_dir), "config": cfg_doc, "train": train_set,
                           "val": val_set, "test": test_set, "target_names": d.target_names,
                           "target_units": d.target_units, "ensemble": int(ensemble), "select": select,
