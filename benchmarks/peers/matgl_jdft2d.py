@@ -117,6 +117,7 @@ def main() -> None:
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--name", help="folder name of the results (default matgl-<model>)")
     p.add_argument("--output", default=str(REPO / "benchmarks" / "matbench" / "matbench_jdft2d"))
     a = p.parse_args()
     import matgl
@@ -152,7 +153,7 @@ def main() -> None:
     else:
         recs = [_fold(j) for j in jobs]
     maes = np.array([r["metrics"]["mae"] for r in recs])
-    name = {"megnet": "matgl-megnet", "m3gnet": "matgl-m3gnet"}[a.model]
+    name = a.name or {"megnet": "matgl-megnet", "m3gnet": "matgl-m3gnet"}[a.model]
     out = {"title": "matbench_jdft2d", "model": name, "target": "exfoliation_en", "target_unit": "meV/atom",
            "complete": len(recs) == 5,
            "metrics": {"mae_mean": float(maes.mean()), "mae_std": float(maes.std())},
