@@ -165,8 +165,10 @@ def test_cv_command_resumes_and_keeps_test_rows_out(tmp_path, monkeypatch):
     assert res["wall_s"] == pytest.approx(sum(res["folds"][f"fold_{k}"]["wall_s"] for k in range(3)))
     assert res["versions"]["crystalframer"]
     assert "3-fold cross-validation" in Path("run/summary.md").read_text()
-    # other settings in the same folder are refused, not mixed in
+    # other settings in the same folder are refused, not mixed in; output switches are not settings
     assert main([*base, "--epochs", "3"]) == 2
+    assert main([*base, "--plots"]) == 0 and Path("run/parity.png").is_file()
+    assert calls == ["fold_0", "fold_1", "fold_1", "fold_2"]
 
 
 def test_cv_parallel_folds_ensemble_and_best_model(tmp_path, monkeypatch):

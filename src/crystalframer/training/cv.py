@@ -436,7 +436,9 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
                 "fold_ids_sha256": hashlib.sha256(json.dumps(d.folds).encode()).hexdigest(),
                 "val_fraction": float(val_fraction), "val_seed": int(val_seed), "ensemble": int(ensemble),
                 "select": select, "target": d.target_names[0]}
-    key = _settings_key(settings)
+    # Output-only switches (figures, logs, progress) may change between a run and its resumption.
+    key = _settings_key({**settings, "config": {k: v for k, v in cfg_doc.items()
+                                                if k not in ("plots", "tensorboard", "progress_bar")}})
     saved = run_dir / "cv.json"
     if saved.is_file():
         old = json.loads(saved.read_text())
