@@ -355,7 +355,7 @@ def _summary_md(results: Mapping[str, Any], name: str, board: Mapping[str, tuple
     lines += ["", f"Total: {results['wall_s']:.0f} s of fold time, {results['cpu_s']:.0f} s of CPU time "
               f"({results['run_wall_s']:.0f} s wall for the command); std over folds with ddof 0 (as Matbench).", ""]
     if board:
-        lines += [f"## Beside the published leaderboard (mean ± std over folds of the test MAE{u})", "",
+        lines += [f"## Beside the published leaderboard (mean ± std over folds of the test MAE{', ' + unit if unit else ''})", "",
                   "| algorithm | MAE |", "|---|---|"]
         entries = [(k, v[0], v[1], False) for k, v in board.items()]
         entries.append((f"**crystalframer {name} (this run)**", s["mae_mean"], s["mae_std"], True))
