@@ -1,4 +1,4 @@
-"""``crystalframer`` command line: train, evaluate, predict, embed, info.
+"""``crystalframer`` command line: train, evaluate, predict, embed, info, cv.
 
 Examples::
 
@@ -9,6 +9,7 @@ Examples::
     crystalframer predict runs/perov/model.pt structures/*.cif -o predictions.csv
     crystalframer embed runs/perov/model.pt structures/ -o embeddings.npz
     crystalframer info runs/perov/model.pt
+    crystalframer cv --matbench ../shared/data/matbench_jdft2d/matbench_jdft2d.json.gz --preset matbench -o runs/jdft2d
 """
 
 from __future__ import annotations
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("checkpoint")
+    _add_cv_parser(sub)
     return p
 
 
@@ -474,6 +476,107 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- cv -----------------------------------------------------------------------------------------------------
+
+
+def _add_cv_parser(sub) -> None:
+    c = sub.add_parser("cv", help="k-fold cross-validation (Matbench folds and leaderboard for Matbench files)",
+                       description="k-fold cross-validation: one model per fold trained on the other folds "
+                       "(validation rows drawn from them), each fold's test rows predicted once. Writes "
+                       "results.json, summary.md and parity.png to --output; rerunning skips finished folds.")
+    c.add_argument("--config", "-c", help="YAML or JSON config file (keys of TrainConfig)")
+    g = c.add_argument_group("data (one of --matbench, --data, --dataset)")
+    g.add_argument("--matbench", help="a Matbench task file (pandas split JSON; ids mb-<task>-NNN, official folds)")
+    g.add_argument("--data", help="file or folder for load_dataset (every row is cross-validated)")
+    g.add_argument("--dataset", help="shared data set name (all of its splits), with --data-root")
+    g.add_argument("--data-root", help="folder holding the shared data sets")
+    g.add_argument("--targets", nargs="+", help="the target (one)")
+    g.add_argument("--units", nargs="+", help="its unit")
+    f = c.add_argument_group("folds")
+    f.add_argument("--n-folds", type=int, default=5, help="number of folds (default 5)")
+    f.add_argument("--fold-seed", type=int, default=None,
+                   help="KFold shuffle seed (default 18012019, Matbench's)")
+    f.add_argument("--fold-file", help="JSON of test ids (or test_rows) per fold instead of seeded folds")
+    f.add_argument("--folds", nargs="+", type=int, help="run only these folds (0-based), e.g. --folds 0 2")
+    f.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of each fold's training rows held out for validation (default 0.1)")
+    f.add_argument("--val-seed", type=int, default=0, help="seed of the validation rows (plus the fold number)")
+    f.add_argument("--ensemble", type=int, default=1, help="models per fold (seeds seed..seed+N-1), averaged")
+    f.add_argument("--select", choices=["final", "best"], default="final",
+                   help="model that predicts the test rows: final (SWA average, default) or best (best val epoch)")
+    f.add_argument("--jobs", type=int, default=1, help="folds trained at once in separate processes")
+    f.add_argument("--leaderboard", help="markdown leaderboard table to print the result beside")
+    f.add_argument("--name", help="label of this model in the summary")
+    m = c.add_argument_group("model and recipe")
+    m.add_argument("--frame", help="frame method (max, none, static, ...)")
+    m.add_argument("--preset", help="recipe preset (e.g. quick, matbench)")
+    for flag, typ in (("--num-layers", int), ("--model-dim", int), ("--num-heads", int), ("--ff-dim", int),
+                      ("--cutoff", float), ("--epochs", int), ("--swa-epochs", int), ("--batch-size", int),
+                      ("--lr", float), ("--seed", int)):
+        m.add_argument(flag, type=typ)
+    m.add_argument("--loss", choices=["l1", "mse", "smooth_l1"])
+    m.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="any other model argument")
+    m.add_argument("--recipe-arg", action="append", metavar="KEY=VALUE", help="any other recipe field")
+    c.add_argument("--output", "-o", required=True, help="run folder")
+    c.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the parity plot and each member's figures (default on)")
+    c.add_argument("--quiet", action="store_true", help="print only the fold results")
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from crystalframer.training.cv import cross_validate
+    from crystalframer.training.trainer import TrainConfig
+
+    cfg: dict[str, Any] = _read_config(args.config) if args.config else {}
+    given = [x for x in (args.matbench, args.data, args.dataset) if x]
+    if len(given) > 1:
+        raise SystemExit("error: give one of --matbench, --data, --dataset")
+    data = dict(cfg.get("data") or {})
+    if args.data or args.dataset:
+        for k in ("dataset", "source", "train", "val", "test"):
+            data.pop(k, None)
+        data.update({"source": args.data} if args.data else {"dataset": args.dataset})
+    if args.data_root:
+        data["root"] = args.data_root
+    for key, val in (("targets", args.targets), ("units", args.units)):
+        if val is not None:
+            data[key] = val
+    cfg["data"] = data
+    model = dict(cfg.get("model") or {})
+    for key in ("num_layers", "model_dim", "num_heads", "ff_dim", "cutoff"):
+        if getattr(args, key) is not None:
+            model[key] = getattr(args, key)
+    model.update(_pairs(args.model_arg, "--model-arg"))
+    cfg["model"] = model
+    recipe = dict(cfg.get("recipe") or {})
+    for key in ("epochs", "swa_epochs", "batch_size", "lr", "seed", "loss"):
+        if getattr(args, key) is not None:
+            recipe[key] = getattr(args, key)
+    recipe.update(_pairs(args.recipe_arg, "--recipe-arg"))
+    cfg["recipe"] = recipe
+    for key in ("frame", "preset"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    cfg.setdefault("accelerator", "cpu")
+    cfg.setdefault("devices", 1)
+    cfg.update(progress_bar=False, tensorboard=False, plots=bool(args.plots))
+    if not given and not (data.get("dataset") or data.get("source") or data.get("train")):
+        raise SystemExit("error: give the data: --matbench FILE, --data FILE or --dataset NAME --data-root DIR")
+    fold_seed = args.fold_seed
+    if fold_seed is None:
+        from crystalframer.data.matbench import MATBENCH_SEED
+
+        fold_seed = MATBENCH_SEED
+    res = cross_validate(TrainConfig.from_dict(cfg), args.output, matbench=args.matbench, n_folds=args.n_folds,
+                         fold_seed=fold_seed, fold_file=args.fold_file, folds=args.folds,
+                         val_fraction=args.val_fraction, val_seed=args.val_seed, ensemble=args.ensemble,
+                         select=args.select, jobs=args.jobs, leaderboard=args.leaderboard, name=args.name,
+                         command="crystalframer " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["cv"] else "",
+                         verbose=not args.quiet)
+    print(f"summary: {res.run_dir / 'summary.md'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``crystalframer`` command. Returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -488,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_predict(args, embed=True)
         if args.command == "info":
             return cmd_info(args)
+        if args.command == "cv":
+            return cmd_cv(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         _err(f"error: {e}")
         return 2

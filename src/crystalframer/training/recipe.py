@@ -253,3 +253,9 @@ def frozen_lr(recipe: Recipe, steps_per_epoch: int) -> float:
 def iter_names(groups: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
     """{group name: parameter names} of :func:`param_groups` output."""
     return {g["group"]: list(g["names"]) for g in groups}
+
+
+# Small data sets (hundreds of structures, e.g. Matbench matbench_jdft2d): the quick model, 30 epochs with SWA over
+# the last 5. Chosen by nested validation inside the training folds (benchmarks/matbench/explore.json).
+PRESETS["matbench"] = Recipe(batch_size=32, epochs=30, swa_epochs=5, val_batch_size=128, test_batch_size=128,
+                             model={"num_layers": 2, "model_dim": 64, "num_heads": 4, "ff_dim": 128})
