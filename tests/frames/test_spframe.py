@@ -7,6 +7,8 @@ to ~1e-12 and are tested at 1e-9; a broken invariance (e.g. the identity global 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -253,6 +255,34 @@ def test_reduced_global_frame_predictions_ignore_the_unit_cell_on_symmetric_latt
     torch.manual_seed(0)
     qr = cf.CrystalFramer(frame="spframe_quat", **SMALL).to(dtype).eval()
     assert _worst_cell_change(qr, cells, dtype)["basis"] > 1e-3
+
+
+@pytest.mark.parametrize("frame", ["spframe_gs", "spframe_global"])
+def test_every_spframe_method_averages_the_tied_reduced_frames(frame):
+    torch.manual_seed(0)
+    m = cf.CrystalFramer(frame=frame, frame_options={"global_frame": "reduced"}, **SMALL).double().eval()
+    err = _worst_cell_change(m, _symmetric_cells(), torch.float64)
+    assert max(err.values()) < 1e-9, err
+
+
+def test_reduced_global_frame_first_tie_policy_keeps_the_single_lexicographic_frame():
+    """``ties="first"``: the former frame (:func:`reduced_frame` of the input cell), which depends on the basis."""
+    cells = _symmetric_cells()
+    torch.manual_seed(0)
+    m = cf.CrystalFramer(frame="spframe_quat", frame_options={"global_frame": "reduced", "ties": "first"},
+                         **SMALL).double().eval()
+    b = batch64(cells)
+    frame = m.layers[0].attn.frame
+    with torch.no_grad():
+        Fg, wg = frame.global_frame_set(SimpleNamespace(lattice=b.lattice, batch=b.batch, pos=b.pos, ptr=b.ptr,
+                                                        species=b.species))
+    assert Fg.shape[1] == 1 and torch.allclose(Fg[:, 0], reduced_frame(b.lattice)[b.batch])
+    assert _worst_cell_change(m, cells, torch.float64)["basis"] > 1e-3
+    frame.ties = "average"
+    with torch.no_grad():
+        Fg, wg = frame.global_frame_set(SimpleNamespace(lattice=b.lattice, batch=b.batch, pos=b.pos, ptr=b.ptr,
+                                                        species=b.species))
+    assert Fg.shape[1] == 24 and torch.allclose(wg.sum(1), torch.ones_like(wg[:, 0]))
 
 
 #: MP-20 cells on symmetric lattices whose prediction the lexicographic reduced frame changed by 1e-2 .. 4e-2

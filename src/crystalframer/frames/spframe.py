@@ -20,6 +20,11 @@ into the axes, so the learned parts train):
   symmetry-equivalent atoms to identical framed neighbourhoods (the symmetry breaking of A.2).
 * ``spframe_global`` [proposal, ablation]: ``F_g`` alone (no learned rotation), one frame per crystal.
 
+Global frames (``global_frame``): the paper's QR frame (default) depends on the unit cell given. ``"reduced"`` is
+the cell-invariant option: the crystal is reduced to its primitive lattice (spglib), and the angular features are
+averaged over every tied reduced basis of it (:func:`primitive_reduced_frame_sets`), so a change of basis or a
+supercell leaves predictions unchanged, also on cubic, tetragonal and hexagonal lattices [proposal].
+
 Which invariant state feeds the predictors is left open by the paper; the library's choice [proposal,
 spec A.10 item 2] is the layer's input states ``x`` (the output of the previous, invariant layer) and, in
 the first layer (where ``x`` is only the species embedding), the output of one extra distance-only
