@@ -139,9 +139,9 @@ class CrystalFramerNet(nn.Module):
         for hd in head_dims:
             head += [nn.Linear(width, hd), nn.ReLU()]
             width = hd
-        head.append(nn.Linear(width, n_targets - len(geometric)))
-        # with geometric targets only there is no scalar head (a Linear with 0 outputs)
-        self.head = nn.Sequential(*head) if len(geometric) < n_targets else None
+        # with geometric targets only there is no scalar head (it would be a Linear with 0 outputs)
+        self.head = nn.Sequential(*head, nn.Linear(width, n_targets - len(geometric))) if len(geometric) < n_targets \
+            else None
         if geometric:
             self.tensor_head = FrameTensorHead(model_dim, num_heads, geometric, hidden=head_dims[0] if head_dims
                                                else model_dim)

@@ -43,6 +43,13 @@ pymatgen): index pairs 11, 22, 33, 23, 13, 12 → 1..6 (here 0..5), and C_IJ = C
 right for stiffness tensors (compliances would need factors 2 and 4). The in-frame tensor has the 21 free
 components of a symmetric 6×6 matrix, so the output has the full index symmetries C_ijkl = C_jikl = C_ijlk
 = C_klij.
+
+Normalisation and loss: a geometric target is normalised as (T − M)/s with M the mean isotropic part of the
+training tensors and s one scalar (:func:`tensor_normalisation`), which commutes with rotations. Train with the
+per-component MSE (``loss: mse``) on the normalised, flattened columns: for a rank-2 tensor the sum over the 9
+columns is ‖ΔT‖²_F, invariant under rotation, so the loss of a crystal does not depend on the orientation it is
+stored in (per-component L1 does, mildly); for Voigt columns it is the Frobenius norm of the 6×6 matrix, which
+weighs shear components differently from the rank-4 norm but is the same for every orientation up to that.
 """
 
 from __future__ import annotations
