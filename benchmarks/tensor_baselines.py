@@ -132,10 +132,13 @@ def main() -> None:
         pred = pred[target] if isinstance(pred, dict) else from_independent(pred, kind)
         results[run] = {**tensor_metrics(truth, pred), "train_time_s": fit,
                         "steps": int(res.metrics.get("global_steps", 0))}
-        rows = ["id," + ",".join(f"true{c[len(target):]}" for c in cols) + "," + ",".join(f"pred{c[len(target):]}" for c in cols)]
-        for c, a, b in zip(test, truth, pred):
-            rows.append(c.id + "," + ",".join(f"{x:.6g}" for x in a.reshape(-1)) + "," + ",".join(f"{x:.6g}" for x in b.reshape(-1)))
-        (out / f"{target}_{run}_test.csv").write_text("\n".join(rows) + "\n")
+        import pandas as pd
+
+        table = pd.DataFrame({"id": [c.id for c in test]})
+        for name, arr in (("true", truth), ("pred", pred)):
+            for k, col in enumerate(cols):
+                table[f"{name}{col[len(target):]}"] = arr.reshape(len(test), -1)[:, k]
+        table.to_csv(out / f"{target}_{run}_test.csv", index=False, float_format="%.6g")
         print(run, json.dumps(results[run]), flush=True)
     (out / f"{target}_results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2))
 
