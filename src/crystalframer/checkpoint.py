@@ -162,7 +162,9 @@ def _target_info(model: torch.nn.Module, config: Mapping[str, Any]) -> dict[str,
     n = int(mean.numel()) if isinstance(mean, torch.Tensor) else int(config.get("n_targets", 1))
     names = getattr(model, "target_names", None) or config.get("target_names") or [f"target_{k}" for k in range(n)]
     units = getattr(model, "target_units", None) or config.get("target_units") or [""] * len(names)
+    shapes = {"shapes": list(config["target_shapes"])} if config.get("target_shapes") else {}
     return {
+        **shapes,  # vector/tensor targets: the kind of each target of the config (names are the columns)
         "names": [str(x) for x in names],
         "units": [str(x) if x is not None else "" for x in units],
         "mean": jsonable(mean) if isinstance(mean, torch.Tensor) else None,

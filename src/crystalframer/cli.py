@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test", dest="test_path", help="test file/folder")
     g.add_argument("--targets", nargs="+", help="target names (default: the data set's)")
     g.add_argument("--units", nargs="+", help="units of the targets, in order (for outputs)")
+    g.add_argument("--target-shape", action="append", metavar="TARGET=SHAPE",
+                   help="a vector/tensor target: SHAPE 3, 3x3, 3x3sym (symmetric) or 6x6 (elastic, Voigt), "
+                        "e.g. e_total=3x3sym; predicted equivariantly through the frames")
     g.add_argument("--binarize", action="append", metavar="TARGET=THRESHOLD",
                    help="classify TARGET > THRESHOLD (0/1 labels; use with --loss bce), e.g. band_gap=0")
     g.add_argument("--limit", type=_POSITIVE, help="use at most N structures of each split (quick checks)")
@@ -256,6 +259,8 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
                 data["binarize"][k] = float(v)
             except (TypeError, ValueError):
                 raise ValueError(f"--binarize {k}={v}: the threshold must be a number") from None
+    if getattr(args, "target_shape", None):
+        data["target_shapes"] = {k: str(v) for k, v in _pairs(args.target_shape, "--target-shape").items()}
     if args.cache_dir:
         data["load_options"] = {**(data.get("load_options") or {}), "cache_dir": args.cache_dir}
     cfg["data"] = data
@@ -460,7 +465,16 @@ def cmd_predict(args: argparse.Namespace, embed: bool = False) -> int:
     else:
         p = predict_crystals(model, crystals, args.batch_size, device)
         names, units = target_info(model)
-        write_predictions_csv(out, Predictions(p.ids, p.y_pred, None, names, units, p.task), with_truth=False)
+        if out.suffix.lower() == ".npz":  # ids and one array per target ((n,) or (n, *shape))
+            from crystalframer.models import split_columns
+
+            cfg = getattr(model, "config", {})
+            arrays = (split_columns(p.y_pred, cfg["target_names"], model.target_kinds)
+                      if getattr(model, "has_geometric_targets", False) else dict(zip(names, p.y_pred.T)))
+            with atomic_open(out) as f:
+                np.savez(f, ids=np.array(ids, dtype=str), **arrays)
+        else:  # CSV: tensors as flattened columns name[i,j]
+            write_predictions_csv(out, Predictions(p.ids, p.y_pred, None, names, units, p.task), with_truth=False)
         print(f"{len(ids)} predictions written to {out}" + (f"; {len(errors)} inputs skipped" if errors else ""))
     return 0
 

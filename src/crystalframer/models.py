@@ -58,18 +58,34 @@ class PredictorMixin:
             on_error: ``"raise"`` (default) or ``"skip"``: bad structures are left out and listed in
                 ``model.last_errors`` as (index, id, message). Any other value is a ValueError.
         Returns:
-            (n, n_targets) float64 array.
+            (n, n_targets) float64 array; for a model with vector or tensor targets (``target_shapes``) a dict
+            ``{name: (n, *shape)}`` instead (scalars (n,), vectors (n, 3), tensors (n, 3, 3) or (n, 6, 6)).
         """
         task = getattr(self, "task", "regression")
         out = self._run_batches(lambda b: to_target_units(self(b), self.target_mean, self.target_std, task),
                                 structures, batch_size, device, on_error)
-        return np.concatenate(out) if out else np.zeros((0, int(self.target_mean.shape[0])))
+        flat = np.concatenate(out) if out else np.zeros((0, int(self.target_mean.shape[0])))
+        if getattr(self, "has_geometric_targets", False):
+            return split_columns(flat, self.config["target_names"], self.target_kinds)
+        return flat
 
     def embed(self, structures: Iterable[Any], batch_size: int = 64, device: str | torch.device | None = None,
               on_error: str = "raise") -> np.ndarray:
         """Pooled embeddings (n, d) of the structures (the input of the prediction head)."""
         out = self._run_batches(self.embed_batch, structures, batch_size, device, on_error)
         return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def split_columns(flat: np.ndarray, names: Sequence[str], kinds: Sequence[str]) -> dict[str, np.ndarray]:
+    """(n, Σ columns) flattened outputs → ``{name: (n, *shape)}`` (see :mod:`crystalframer.nn.tensor_heads`)."""
+    from crystalframer.nn.tensor_heads import n_columns, target_shape
+
+    out, k = {}, 0
+    for name, kind in zip(names, kinds):
+        n = n_columns(kind)
+        out[name] = flat[:, k:k + n].reshape((len(flat),) + target_shape(kind))
+        k += n
+    return out
 
 
 class CrystalFramer(PredictorMixin, CrystalFramerNet):

@@ -411,7 +411,9 @@ SHARED_SETS: dict[str, SharedSet] = {
 
 
 def load_shared(name: str, root: str | os.PathLike, split: str | None = None, on_error: str = "skip",
-                cache_dir: str | os.PathLike | None = None, limit: int | None = None) -> CrystalDataset:
+                cache_dir: str | os.PathLike | None = None, limit: int | None = None,
+                targets: Sequence[str] | None = None,
+                target_shapes: dict[str, Any] | None = None) -> CrystalDataset:
     """Load one of the real data sets of the shared data folder with its natural targets.
 
     * perov_5: ``heat_all`` (eV); train = the 1,024-row ``dev_train`` subset, val, test.
@@ -430,6 +432,9 @@ def load_shared(name: str, root: str | os.PathLike, split: str | None = None, on
         split: None for every available split, or "train" / "val" / "test" (only that part is parsed).
         on_error, cache_dir: as for :func:`crystalframer.data.readers.load_dataset`.
         limit: read only the first ``limit`` rows of each split (quick checks); None reads everything.
+        targets: other label columns of the file than the natural targets (e.g. ``e_total``).
+        target_shapes: {target: shape} for tensor-valued columns (e.g. ``{"e_total": "3x3sym"}``, see
+            :mod:`crystalframer.nn.tensor_heads`): they become flattened columns ``e_total[i,j]``.
     """
     import pandas as pd
 
@@ -441,8 +446,13 @@ def load_shared(name: str, root: str | os.PathLike, split: str | None = None, on
     root = Path(root)
     folder = root / name if (root / name).is_dir() else root
     want = None if split is None else normalize_split_label(split)
-    kw = dict(targets=list(spec.targets), structure_column=spec.structure_column, id_column=spec.id_column,
+    from crystalframer.data.tensors import expand_targets, flatten_tensor_columns
+
+    wanted = list(targets) if targets is not None else list(spec.targets)
+    kw = dict(targets=expand_targets(wanted, target_shapes), structure_column=spec.structure_column, id_column=spec.id_column,
               on_error=on_error, cache_dir=cache_dir)
+    if target_shapes and "" not in spec.files:
+        raise ValueError(f"{name} has no tensor-valued targets (target_shapes {dict(target_shapes)})")
     if "" not in spec.files:
         splits = [s for s in SPLITS if s in spec.files and (want is None or s == want)]
         if not splits:
@@ -467,6 +477,8 @@ def load_shared(name: str, root: str | os.PathLike, split: str | None = None, on
     if not path.exists():
         raise FileNotFoundError(f"{path} not found (shared data set {name})")
     df = readers.read_table(path)
+    if target_shapes:
+        df = flatten_tensor_columns(df, target_shapes)
     labels = np.empty(len(df), dtype=object)
     for s, idx in split_indices(len(df), DEFAULT_FRACTIONS, DEFAULT_SEED).items():
         labels[idx] = s

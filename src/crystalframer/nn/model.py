@@ -13,6 +13,7 @@ from crystalframer.geometry.images import IMAGE_TOL, SpherePool, sphere_images, 
 from crystalframer.nn.attention import DistanceDecayAttention, Geometry
 from crystalframer.nn.basis import AngleBasis, DistanceBasis
 from crystalframer.nn.heads import check_task
+from crystalframer.nn.tensor_heads import FrameTensorHead, column_names, n_columns, target_kind
 
 N_ELEMENTS = 98
 
@@ -73,6 +74,11 @@ class CrystalFramerNet(nn.Module):
         frame_noise: tie-breaking noise (Å², published 1e-5); 0 gives the deterministic tie order
             (first image in (j, n) order).
         frame_options: extra options of the frame method (e.g. ``{"signs": "moment"}``).
+        target_shapes: per target, ``()`` (scalar, default), ``(3,)``, ``(3, 3)``, ``"3x3sym"`` or ``(6, 6)``
+            (elastic tensor, Voigt): geometric targets are predicted in the frames of the last layer and
+            rotated back (:mod:`crystalframer.nn.tensor_heads`), exactly equivariant; they need a frame
+            method. Outputs are then flattened per target (``target_names`` lists the columns, e.g.
+            ``e_total[0,1]``), and ``target_mean``/``target_std`` have one entry per column.
     """
 
     def __init__(self, frame: str = "max", n_targets: int = 1, target_names: Sequence[str] | None = None,
@@ -83,7 +89,7 @@ class CrystalFramerNet(nn.Module):
                  basis_window: bool = False, images: str = "sphere", cutoff: float | None = None,
                  box_sigma: float = 3.5, box_min: int = 2, frame_noise: float = 1e-5, image_tol: float = IMAGE_TOL,
                  frame_options: dict[str, Any] | None = None, target_units: Sequence[str] | None = None,
-                 task: str = "regression"):
+                 task: str = "regression", target_shapes: Sequence[Any] | None = None):
         super().__init__()
         check_task(task)
         if images not in ("sphere", "box"):
@@ -104,6 +110,22 @@ class CrystalFramerNet(nn.Module):
             frame_noise=frame_noise, frame_options=dict(frame_options or {}),
             target_units=list(target_units) if target_units is not None else [""] * n_targets, task=task,
         )
+        kinds = [target_kind(s) for s in target_shapes] if target_shapes is not None else ["scalar"] * n_targets
+        if len(kinds) != n_targets:
+            raise ValueError(f"{len(kinds)} target shapes for {n_targets} targets {target_names}")
+        geometric = [k for k in kinds if k != "scalar"]
+        if geometric:
+            if (frame or "none") in ("none", "no"):
+                bad = [n for n, k in zip(target_names, kinds) if k != "scalar"]
+                raise ValueError(f"targets {bad} have shapes {geometric}: vector and tensor targets are predicted "
+                                 f"in per-atom frames, which frame='none' (Crystalformer) does not have; choose a "
+                                 f"frame method such as 'max'")
+            if task != "regression":
+                raise ValueError("vector and tensor targets need task='regression'")
+            # only recorded when a target has a shape: all-scalar configs stay as they were
+            self.config["target_shapes"] = kinds
+        self.target_kinds = kinds
+        n_out = sum(n_columns(k) for k in kinds)
         self.task = task
         self.dist_basis = DistanceBasis(dist_bins, dist_max, dist_width, window=basis_window)
         angle_basis = AngleBasis(angle_bins, angle_width, window=basis_window)
@@ -122,10 +144,14 @@ class CrystalFramerNet(nn.Module):
         for hd in head_dims:
             head += [nn.Linear(width, hd), nn.ReLU()]
             width = hd
-        head.append(nn.Linear(width, n_targets))
-        self.head = nn.Sequential(*head)
-        self.register_buffer("target_mean", torch.zeros(n_targets))
-        self.register_buffer("target_std", torch.ones(n_targets))
+        # with geometric targets only there is no scalar head (it would be a Linear with 0 outputs)
+        self.head = nn.Sequential(*head, nn.Linear(width, n_targets - len(geometric))) if len(geometric) < n_targets \
+            else None
+        if geometric:
+            self.tensor_head = FrameTensorHead(model_dim, num_heads, geometric, hidden=head_dims[0] if head_dims
+                                               else model_dim)
+        self.register_buffer("target_mean", torch.zeros(n_out))
+        self.register_buffer("target_std", torch.ones(n_out))
         self._t_fixup()
 
     def _t_fixup(self) -> None:
@@ -144,7 +170,21 @@ class CrystalFramerNet(nn.Module):
 
     @property
     def target_names(self) -> list[str]:
-        return list(self.config["target_names"])
+        """The output columns: the target names, with geometric targets flattened (``e_total[0,1]``)."""
+        names = self.config["target_names"]
+        if not self.has_geometric_targets:
+            return list(names)
+        return [c for n, k in zip(names, self.target_kinds) for c in column_names(n, k)]
+
+    @property
+    def target_units(self) -> list[str]:
+        """Units per output column (a geometric target's unit repeated over its columns)."""
+        units = self.config["target_units"]
+        return [u for u, k in zip(units, self.target_kinds) for _ in range(n_columns(k))]
+
+    @property
+    def has_geometric_targets(self) -> bool:
+        return "target_shapes" in self.config
 
     def geometry(self, batch) -> Geometry:
         """Image slots and distance basis for a batch (no gradient: positions are inputs; never autocast)."""
@@ -172,6 +212,8 @@ class CrystalFramerNet(nn.Module):
                 states.append(x)
                 infos.append(info)
         out: dict[str, Any] = {"x": x}
+        if self.frame != "none" and self.layers:
+            out["frame_set"] = info["frame_set"]  # the last layer's (frames (N, H, T, 3, 3), weights (N, H, T))
         if keep:
             out["states"] = torch.stack(states, 1)  # (N, L, d)
             out["a"] = torch.stack([i["a"] for i in infos], 1)  # (N, L, H)
@@ -193,11 +235,28 @@ class CrystalFramerNet(nn.Module):
         """
         enc = self.encode(batch, keep=return_all)
         pooled = self.pool(enc["x"], batch)
-        pred = self.head(pooled)
+        pred = self.head(pooled) if self.head is not None else pooled[:, :0]
+        if self.has_geometric_targets:
+            pred = self._with_geometric(pred, enc, batch)
         if not return_all:
             return pred
         enc.update(pred=pred, pooled=pooled)
         return enc
+
+    def _with_geometric(self, scalars: Tensor, enc: dict[str, Any], batch) -> Tensor:
+        """Scalar head outputs (B, n_scalar) + the frame head's geometric outputs → (B, n_columns) in target order."""
+        frames, weights = enc["frame_set"]
+        geo = self.tensor_head(enc["x"], frames, weights, batch.batch, batch.num_graphs)
+        parts, ks, kg = [], 0, 0
+        for kind in self.target_kinds:
+            if kind == "scalar":
+                parts.append(scalars[:, ks:ks + 1])
+                ks += 1
+            else:
+                n = n_columns(kind)
+                parts.append(geo[:, kg:kg + n])
+                kg += n
+        return torch.cat(parts, 1)
 
     def embed_batch(self, batch) -> Tensor:
         """(B, d) pooled embeddings (the input of the head)."""

@@ -35,6 +35,7 @@ SHARED_UNITS: dict[str, str] = {
     "formation_energy_peratom": "eV/atom", "e_form": "eV/atom", "bandgap": "eV", "opt_bandgap": "eV",
     "mbj_bandgap": "eV", "ehull": "eV/atom", "total_energy": "eV/atom", "delta_e": "eV/atom",
     "stability": "eV/atom", "bulk_modulus": "log(GPa)", "shear_modulus": "log(GPa)",
+    "elastic_tensor": "GPa", "elastic_tensor_original": "GPa",
 }
 
 
@@ -71,6 +72,9 @@ class DataSpec:
         binarize: {target: threshold}: replace the target by the 0/1 label ``value > threshold`` (missing
             stays missing), named ``"<target>><threshold>"``, for classification (``loss: bce``); e.g.
             ``{"band_gap": 0.0}`` labels non-metals 1 and metals 0.
+        target_shapes: {target: shape} for vector/tensor targets (``"3"``, ``"3x3"``, ``"3x3sym"``, ``"6x6"``;
+            see :mod:`crystalframer.nn.tensor_heads`), e.g. ``{"e_total": "3x3sym"}``; their columns hold
+            arrays and become flattened columns ``e_total[i,j]``. Needs ``targets``.
     """
 
     dataset: str | None = None
@@ -87,6 +91,7 @@ class DataSpec:
     split_file: str | None = None
     load_options: dict[str, Any] = field(default_factory=dict)
     binarize: dict[str, float] | None = None
+    target_shapes: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.targets is not None:
@@ -100,6 +105,25 @@ class DataSpec:
             raise ValueError(f"limit must be a whole number >= 1, got {self.limit!r}")
         for t, thr in (self.binarize or {}).items():
             _check_threshold(t, thr)
+        if self.target_shapes:
+            from crystalframer.data.tensors import expand_targets
+            from crystalframer.nn.tensor_heads import target_kind
+
+            if not self.targets:
+                raise ValueError(f"target shapes {self.target_shapes} need the targets named (--targets)")
+            self.target_shapes = {str(k): target_kind(v) for k, v in self.target_shapes.items()}
+            expand_targets(self.targets, self.target_shapes)  # every shaped target must be a target
+            if self.binarize:
+                raise ValueError("binarize applies to scalar targets only, not with target shapes")
+
+    @property
+    def columns(self) -> list[str] | None:
+        """The label columns: the targets, with vector/tensor targets flattened (``e_total[0,1]`` ...)."""
+        if self.targets is None or not self.target_shapes:
+            return self.targets
+        from crystalframer.data.tensors import expand_targets
+
+        return expand_targets(self.targets, self.target_shapes)
 
     def to_dict(self) -> dict[str, Any]:
         import dataclasses
@@ -129,10 +153,20 @@ class Splits:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
-def _load_file(path: str, targets: list[str] | None, options: dict[str, Any]):
+def _load_file(path: str, targets: list[str] | None, options: dict[str, Any],
+               target_shapes: dict[str, str] | None = None):
     from crystalframer.data.readers import load_dataset
 
     kw = dict(options)
+    if target_shapes:  # tensor-valued columns of one table: flatten them, then read as usual
+        from pathlib import Path
+
+        from crystalframer.data.readers import read_dataframe, read_table
+        from crystalframer.data.tensors import expand_targets, flatten_tensor_columns
+
+        df = flatten_tensor_columns(read_table(path), target_shapes)
+        return read_dataframe(df, targets=expand_targets(targets or [], target_shapes),
+                              base_dir=Path(path).parent, name=Path(path).name, **kw)
     if targets is not None:
         kw["targets"] = list(targets)
     return load_dataset(path, **kw)
@@ -202,12 +236,13 @@ def resolve_data(spec: DataSpec) -> Splits:
 
         if not spec.root:
             raise ValueError(f"shared data set {spec.dataset!r} needs a data root (--data-root)")
-        ds = load_shared(spec.dataset, spec.root, **spec.load_options)
+        shaped = dict(targets=spec.targets, target_shapes=spec.target_shapes) if spec.target_shapes else {}
+        ds = load_shared(spec.dataset, spec.root, **spec.load_options, **shaped)
         errors += [tuple(e) for e in getattr(ds, "errors", [])]
         parts = ds.split(from_file=spec.split_file) if spec.split_file else ds.split()
-        sets = {s: select_targets(getattr(parts, s), spec.targets) for s in ("train", "val", "test")}
+        sets = {s: select_targets(getattr(parts, s), spec.columns) for s in ("train", "val", "test")}
     elif spec.source:
-        ds = _load_file(spec.source, spec.targets, spec.load_options)
+        ds = _load_file(spec.source, spec.targets, spec.load_options, spec.target_shapes)
         errors += [tuple(e) for e in getattr(ds, "errors", [])]
         if spec.split_file:
             parts = ds.split(from_file=spec.split_file)
@@ -215,17 +250,17 @@ def resolve_data(spec: DataSpec) -> Splits:
             parts = ds.split(fractions=spec.split_fractions, seed=spec.split_seed, method="random")
         else:
             parts = ds.split(seed=spec.split_seed)
-        sets = {s: select_targets(getattr(parts, s), spec.targets) for s in ("train", "val", "test")}
+        sets = {s: select_targets(getattr(parts, s), spec.columns) for s in ("train", "val", "test")}
     elif spec.train:
         sets = {}
         for s in ("train", "val", "test"):
             path = getattr(spec, s)
             if path:
-                ds = _load_file(path, spec.targets, spec.load_options)
+                ds = _load_file(path, spec.targets, spec.load_options, spec.target_shapes)
                 errors += [tuple(e) for e in getattr(ds, "errors", [])]
-                sets[s] = select_targets(ds, spec.targets)
+                sets[s] = select_targets(ds, spec.columns)
             else:
-                sets[s] = ([], list(spec.targets or []))
+                sets[s] = ([], list(spec.columns or []))
     else:
         raise ValueError("no data given: set a shared data set (dataset + root), a source file/folder, "
                          "or train/val/test files")
@@ -233,7 +268,13 @@ def resolve_data(spec: DataSpec) -> Splits:
     if not names:
         raise ValueError(f"the data ({spec.describe()}) has no targets; name them with --targets")
     out = {s: v[0] for s, v in sets.items()}
-    units = list(spec.units) if spec.units else [SHARED_UNITS.get(n, "") for n in names]
+    # a flattened column e_total[0,1] has the unit of its target
+    units = list(spec.units) if spec.units else [SHARED_UNITS.get(n, SHARED_UNITS.get(n.split("[")[0], ""))
+                                                 for n in names]
+    if spec.target_shapes and len(units) == len(spec.targets or []) != len(names):  # one unit per tensor target
+        from crystalframer.nn.tensor_heads import n_columns
+
+        units = [u for u, t in zip(units, spec.targets) for _ in range(n_columns(spec.target_shapes.get(t)))]
     if spec.binarize:
         out, names, units = binarize_targets(out, list(names), units, spec.binarize)
     if spec.limit is not None:

@@ -171,3 +171,25 @@ def population_stats(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             s = col.std(ddof=0)
             std[k] = s if s > 0 else 1.0
     return mean, std
+
+
+def tensor_metrics(t_true: np.ndarray, t_pred: np.ndarray, thresholds: Sequence[float] = (0.25, 0.10, 0.05)) -> dict[str, float]:
+    """Errors of predicted tensors as in GMTNet (Yan et al., "A space group symmetry informed network for O(3)
+    equivariant crystal tensor prediction", ICML 2024): Frobenius-norm error and EwT.
+
+    Args:
+        t_true, t_pred: (n, …) tensors (e.g. (n, 3, 3) or (n, 6, 6)); rows with a NaN label are left out.
+    Returns:
+        ``fnorm``: mean Frobenius norm ‖T_pred − T_true‖_F; ``rel_fnorm``: mean of ‖ΔT‖_F / ‖T_true‖_F;
+        ``ewt<p>``: fraction of structures with ‖ΔT‖_F / ‖T_true‖_F < p (p in %); ``n``: structures scored.
+    """
+    a = np.asarray(t_true, np.float64).reshape(len(t_true), -1)
+    b = np.asarray(t_pred, np.float64).reshape(len(t_pred), -1)
+    ok = ~np.isnan(a).any(1)
+    err = np.linalg.norm(a[ok] - b[ok], axis=1)
+    rel = err / np.maximum(np.linalg.norm(a[ok], axis=1), 1e-300)
+    out = {"n": int(ok.sum()), "fnorm": float(err.mean()) if ok.any() else float("nan"),
+           "rel_fnorm": float(rel.mean()) if ok.any() else float("nan")}
+    for p in thresholds:
+        out[f"ewt{round(100 * p)}"] = float((rel < p).mean()) if ok.any() else float("nan")
+    return out

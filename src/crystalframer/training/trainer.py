@@ -181,6 +181,12 @@ def build_model(config: TrainConfig, recipe: Recipe, target_names: Sequence[str]
         kwargs["frame"] = config.frame
     targets = {"n_targets": len(target_names), "target_names": list(target_names),
                "target_units": list(target_units), "task": recipe_task(recipe)}
+    shapes = getattr(config.data, "target_shapes", None)
+    if shapes:  # vector/tensor targets: the model gets the targets and their shapes, the data has their columns
+        targets = _shaped_targets(config.data, list(target_names), list(target_units), recipe)
+        if "target_shapes" not in _accepted(cls, targets):
+            raise ValueError(f"{cls.__name__} cannot predict vector or tensor targets ({shapes}); use CrystalFramer "
+                             "with a frame method")
     if kwargs.get("task", targets["task"]) != targets["task"]:
         raise ValueError(f"model task {kwargs['task']!r} does not match the recipe's loss {recipe.loss!r} "
                          "(classification is chosen by loss: bce)")
@@ -191,6 +197,19 @@ def build_model(config: TrainConfig, recipe: Recipe, target_names: Sequence[str]
         known = sorted(k for k in inspect.signature(cls.__init__).parameters if k != "self")
         raise ValueError(f"unknown model settings {unknown} for {cls.__name__}; known: {known}")
     return cls(**kwargs)
+
+
+def _shaped_targets(data: DataSpec, columns: list[str], units: list[str], recipe: Recipe) -> dict[str, Any]:
+    """Model target settings of data with vector/tensor targets: names, shapes and one unit per target."""
+    from crystalframer.nn.tensor_heads import n_columns
+
+    names = list(data.targets or [])
+    if data.columns != columns:
+        raise ValueError(f"the data has the columns {columns}, expected {data.columns}")
+    kinds = [data.target_shapes.get(t, "scalar") for t in names]
+    starts = np.cumsum([0] + [n_columns(k) for k in kinds])[:-1]
+    return {"n_targets": len(names), "target_names": names, "target_shapes": kinds,
+            "target_units": [units[int(k)] for k in starts], "task": recipe_task(recipe)}
 
 
 def recipe_task(recipe: Recipe) -> str:
@@ -219,6 +238,10 @@ def set_target_normalisation(model: torch.nn.Module, train: Sequence[Crystal], n
         if y.shape[1] != n_t:
             raise ValueError(f"the training structures carry {y.shape[1]} targets, the model predicts {n_t}")
         mean, std = population_stats(y)
+        if getattr(model, "has_geometric_targets", False):  # isotropic means, one scale per tensor
+            from crystalframer.nn.tensor_heads import tensor_normalisation
+
+            mean, std = tensor_normalisation(y, model.target_kinds)
     else:
         mean, std = np.zeros(n_t), np.ones(n_t)
     model.target_mean.copy_(torch.as_tensor(mean, dtype=model.target_mean.dtype))
