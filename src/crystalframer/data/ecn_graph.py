@@ -56,6 +56,7 @@ from torch import Tensor
 from crystalframer.atomic import atomic_open
 from crystalframer.data.structures import Crystal, InvalidStructureError
 from crystalframer.geometry.images import shift_range
+from crystalframer.geometry.symmetry import species_types
 
 #: Bump when the stored graph layout or the building rules change (invalidates caches).
 SCHEMA_VERSION = 1
@@ -192,14 +193,6 @@ class ECNGraph:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Building
-
-
-def species_types(species: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct species rows → (types (n,) int, table (T, 98)). Type order is the sorted row order,
-    so it does not depend on the atom order."""
-    rows = np.round(np.asarray(species, dtype=np.float64), 9)
-    table, types = np.unique(rows, axis=0, return_inverse=True)
-    return types.reshape(-1).astype(np.int64), table
 
 
 def primitive_cell(crystal: Crystal, symprec: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:

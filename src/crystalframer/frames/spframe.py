@@ -286,7 +286,7 @@ def primitive_reduced_frame_sets(lattice: Tensor, pos: Tensor, species: Tensor |
     give the set (:func:`reduced_frame_set`). Results are cached per process by the cell's exact values
     (spglib and the tie search cost ~10 ms per crystal, and a forward calls this once per SPFrame layer).
     """
-    from crystalframer.data.ecn_graph import species_types
+    from crystalframer.geometry.symmetry import species_types
 
     if species is None:
         ties_mod._warn_once("spframe-no-species", "SPFrame's reduced global frame got no species: the input "
