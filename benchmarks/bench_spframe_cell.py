@@ -126,11 +126,11 @@ def main(argv=None) -> None:
     for label, batch in batches.items():
         cold = None
         try:  # the frame sets' first computation (spglib + tie search), cached afterwards
-            from crystalframer.frames import spframe
+            from crystalframer.frames import global_frames
 
-            spframe._REDUCED_CACHE.clear()
+            global_frames._REDUCED_CACHE.clear()
             t = time.perf_counter()
-            spframe.primitive_reduced_frame_sets(batch.lattice, batch.pos, batch.species, batch.ptr)
+            global_frames.primitive_reduced_frame_sets(batch.lattice, batch.pos, batch.species, batch.ptr)
             cold = (time.perf_counter() - t) / batch.num_graphs
         except (AttributeError, ImportError):
             pass

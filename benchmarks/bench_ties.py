@@ -36,7 +36,7 @@ import torch
 import crystalframer as cf
 from crystalframer.data.batch import collate
 from crystalframer.data.structures import to_crystal
-from crystalframer.frames.ties import compact_directions
+from crystalframer.nn.angular import compact_directions
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CRYSTALFRAMER_SHARED", REPO.parent / "shared"))

@@ -9,7 +9,7 @@ import torch
 import crystalframer as cf
 from crystalframer.data.batch import collate
 from crystalframer.data.structures import to_crystal
-from crystalframer.frames import FRAMES, build_frame
+from crystalframer.frames.base import FRAMES, build_frame
 from crystalframer.frames.lattice import lattice_frame
 from tests.helpers import random_rotation, rotate
 

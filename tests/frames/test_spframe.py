@@ -17,9 +17,11 @@ from pymatgen.core import Lattice, Structure
 import crystalframer as cf
 from crystalframer.data.batch import collate
 from crystalframer.data.structures import to_crystal
-from crystalframer.frames import FRAMES, build_frame
-from crystalframer.frames.spframe import (SPFrameQuaternion, global_frame, pca_frame, primitive_reduced_frame_sets,
-                                          quaternion_to_rotation, reduced_frame, reduced_frame_set)
+from crystalframer.frames.base import FRAMES, build_frame
+from crystalframer.frames.global_frames import (global_frame, pca_frame, primitive_reduced_frame_sets, reduced_frame,
+                                                reduced_frame_set)
+from crystalframer.frames.rotations import quaternion_to_rotation
+from crystalframer.nn.frame_predictors import SPFrameQuaternion
 from crystalframer.geometry.images import sphere_images
 from crystalframer.nn.attention import DistanceDecayAttention
 from tests.helpers import SKEW, change_basis, permute, random_rotation, reimage, rotate, supercell, translate

@@ -22,11 +22,12 @@ import crystalframer as cf
 from crystalframer import numba_support
 from crystalframer.data.batch import collate
 from crystalframer.data.structures import to_crystal
-from crystalframer.frames import build_frame
+from crystalframer.frames.base import build_frame
 from crystalframer.frames import ties as ties_mod
 from crystalframer.frames.lattice import lattice_frame
-from crystalframer.frames.ties import frame_set_angle_psi, lattice_frame_set, resolve_mode
-from crystalframer.nn.basis import AngleBasis, angle_features, angle_histogram
+from crystalframer.frames.ties import lattice_frame_set, resolve_mode
+from crystalframer.nn.angular import angle_features, angle_histogram, frame_set_angle_psi
+from crystalframer.nn.basis import AngleBasis
 from tests.helpers import SKEW, change_basis, permute, random_rotation, reimage, rotate, supercell, translate
 
 REL = 1e-5
@@ -317,7 +318,7 @@ def test_gradients_flow_through_averaged_features(symmetric):
 
 
 def test_shared_direction_histogram_gradcheck():
-    from crystalframer.frames.ties import _SharedDirectionHistogram
+    from crystalframer.nn.angular import _SharedDirectionHistogram
 
     torch.manual_seed(0)
     basis = AngleBasis(bins=8, width=1.0)

@@ -18,10 +18,11 @@ import torch
 
 from crystalframer.data.batch import collate
 from crystalframer.data.structures import to_crystal
-from crystalframer.frames import build_frame
+from crystalframer.frames.base import build_frame
 from crystalframer.geometry.images import box_images, official_box_radius, sphere_images
 from crystalframer.nn.attention import DistanceDecayAttention, Geometry
-from crystalframer.nn.basis import AngleBasis, DistanceBasis, angle_histogram
+from crystalframer.nn.angular import angle_histogram
+from crystalframer.nn.basis import AngleBasis, DistanceBasis
 
 
 def small_layer(frame: str, images: str = "sphere", window: bool = False) -> DistanceDecayAttention:
@@ -206,7 +207,7 @@ def test_gradcheck_angle_histogram_including_cosines():
 @pytest.mark.parametrize("width,bins", [(4.0, 64), (1.0, 16)])
 def test_moment_expansion_matches_direct_basis_sums(width, bins):
     """The fast angular path (Taylor moments around the nearest centre) equals direct evaluation."""
-    from crystalframer.nn.basis import angle_features
+    from crystalframer.nn.angular import angle_features
 
     torch.manual_seed(7)
     basis = AngleBasis(bins, width)
@@ -225,7 +226,7 @@ def test_moment_expansion_matches_direct_basis_sums(width, bins):
 
 def test_flat_slot_features_match_padded_and_gradcheck():
     """The flat slot path of the attention layer (no padding) equals the padded one, gradients included."""
-    from crystalframer.nn.basis import angle_features, slot_angle_features
+    from crystalframer.nn.angular import angle_features, slot_angle_features
 
     torch.manual_seed(8)
     basis = AngleBasis(16, 1.0)
@@ -249,7 +250,7 @@ def test_flat_slot_features_match_padded_and_gradcheck():
 def test_moment_order_follows_dtype_and_float32_stays_at_its_resolution():
     """float32 sums use fewer moments (1e-7 truncation, float32's resolution); the result stays within
     float32 rounding of the float64 direct basis sums."""
-    from crystalframer.nn.basis import angle_features
+    from crystalframer.nn.angular import angle_features
 
     basis = AngleBasis()
     assert basis.moment_count(torch.float32) < basis.moment_count(torch.float64)

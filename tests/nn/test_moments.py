@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from crystalframer import numba_support
-from crystalframer.nn.basis import (AngleBasis, angle_histogram, dense_angle_features, moment_kernel_applies,
-                                   direction_angle_features, slot_angle_features)
+from crystalframer.nn.angular import (angle_histogram, dense_angle_features, direction_angle_features,
+                                      moment_kernel_applies, slot_angle_features)
+from crystalframer.nn.basis import AngleBasis
 from crystalframer.nn.moments import SlotMoments
 
 needs_numba = pytest.mark.skipif(numba_support.numba is None, reason="numba is not installed (pip install '.[fast]')")

@@ -1,15 +1,21 @@
-"""What every frame method sees, the registry, and shared helpers.
+"""What every frame method sees (:class:`FrameInput`), what it promises (:class:`FrameMethod`), and the registry.
 
-A frame is F_ih = (e1, e2, e3) per atom i and head h (spec §4): three unit vectors (rows of a (3, 3)
-matrix), in Cartesian coordinates. The angular features use the cosines e_k · r̂ of every image.
+A frame is F_ih = (e1, e2, e3) per atom i and head h (Ito et al., ICLR 2025, §3): three unit vectors (rows of
+a (3, 3) matrix), in Cartesian coordinates. The angular features use the cosines e_k · r̂ of every image.
 Frames are computed from detached quantities and carry no gradient, except for methods that declare
-``differentiable = True`` (SPFrame).
+``differentiable = True`` (the learned SPFrame predictors).
+
+The registry maps names to :class:`FrameMethod` classes. Built-in names point to ``"package.module:Class"``
+paths imported on first use (like entry points), so that methods with learned parts can live in
+:mod:`crystalframer.nn` without this package importing it; any ``"package.module:Class"`` name is accepted
+too (a plugin: it is stored as the model's ``frame`` and imported again when a checkpoint is loaded).
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -63,20 +69,36 @@ class FrameInput:
         return (uniform(draw_seed(), tuple(shape), self.unit.dtype, self.unit.device) - 0.5) * self.noise
 
 
-FrameFn = Callable[..., Tensor]
-FRAMES: dict[str, "FrameMethod"] = {}
-
-
 class FrameMethod(torch.nn.Module):
     """Base class: ``forward(inp: FrameInput) -> (N, H, 3, 3)`` axes as rows, or a weighted set of
     candidate frames ``(axes (N, H, T, 3, 3), weights (N, H, T))`` whose angular features are averaged.
+
+    Every method must be invariant to translations and to the order of the atoms (frames follow their
+    atoms). Beyond that, each method declares what it promises as class attributes, for its default options
+    in evaluation mode (the tie policy ``"auto"`` with a non-zero ``frame_noise`` is then ``"average"``);
+    an instance may narrow or widen them for the options it was built with:
+
+    * ``equivariant``: rotating the crystal (r → Q r for positions and lattice vectors) rotates every frame,
+      F → F Qᵀ (for a frame set: the same weights on the rotated frames). The angular features are then
+      rotation invariant, and vector and tensor outputs predicted in the frames are rotation equivariant.
+    * ``cell_invariant``: the frames of each atom do not depend on how the crystal is written down: another
+      unit cell of the same lattice, a supercell, or other periodic images of the atoms give the same frames
+      (as weighted sets).
+    * ``differentiable``: the axes are differentiable functions of the layer's states and of the method's
+      parameters, and the attention computes them with gradients enabled (learned frames). Otherwise they
+      are computed without gradient and are constants of the backward pass.
+
+    Other class attributes: ``name`` (the registry name), ``per_structure`` (one frame set per crystal),
+    ``average_in_training`` and ``context`` (the model sizes the constructor needs, e.g. ``("dim",
+    "heads", "layer")``; :class:`~crystalframer.nn.model.CrystalFramerNet` passes them).
 
     Tie options (every built-in method; see :mod:`crystalframer.frames.ties`):
         ties: ``"auto"`` (default: ``"first"`` with ``frame_noise = 0``, else ``"noise"`` in training and
             ``"average"`` in evaluation; methods with ``average_in_training``, the PCA frames, average in
             training too), ``"average"`` (average over the tie set: deterministic and exactly
             invariant on symmetric crystals), ``"noise"`` (published random tie-breaking, ``frame_noise``)
-            or ``"first"`` (first candidate in slot order wins; golden parity).
+            or ``"first"`` (first candidate in slot order wins: the deterministic order of the published
+            kernels with zero noise).
         tie_atol, tie_rtol: score tolerance atol + rtol · |score terms| (defaults 2e-5, 2e-6); candidates
             within it have tie weight 1, the weight then falls linearly to 0 over the next 4e-4.
         tie_cap: frames per (atom, head) at most (256).
@@ -84,13 +106,19 @@ class FrameMethod(torch.nn.Module):
 
     #: name in the registry
     name: str = ""
-    #: whether gradients flow through the frame axes
+    #: promise: frames rotate with the crystal (F → F Qᵀ)
+    equivariant: bool = False
+    #: promise: frames do not depend on the unit cell, supercell or periodic images the crystal is given in
+    cell_invariant: bool = False
+    #: promise: gradients flow through the frame axes (learned frames)
     differentiable: bool = False
     #: whether the frame is one per crystal (pca, lattice, SPFrame global part)
     per_structure: bool = False
     #: whether ``ties="auto"`` averages in training too: for methods whose evaluation-time tie set is not
     #: the expectation of the published noise (PCA frames), so that training and evaluation use one rule
     average_in_training: bool = False
+    #: model sizes the constructor takes (from ``"dim"``, ``"heads"``, ``"layer"``)
+    context: tuple[str, ...] = ()
 
     def __init__(self, ties: str = "auto", tie_atol: float = ties_mod.ATOL, tie_rtol: float = ties_mod.RTOL,
                  tie_cap: int = ties_mod.CAP, **options):
@@ -109,62 +137,109 @@ class FrameMethod(torch.nn.Module):
         return f"ties={self.ties!r}"
 
 
+#: Built-in frame methods: name → ``"package.module:Class"``, imported on first use.
+BUILTIN_FRAMES: dict[str, str] = {
+    "max": "crystalframer.frames.max:MaxFrame",
+    "static": "crystalframer.frames.max:StaticFrame",
+    "weighted_pca": "crystalframer.frames.pca:WeightedPCAFrame",
+    "pca": "crystalframer.frames.pca:GlobalPCAFrame",
+    "lattice": "crystalframer.frames.lattice:LatticeFrame",
+    "spframe_quat": "crystalframer.nn.frame_predictors:SPFrameQuaternion",
+    "spframe_gs": "crystalframer.nn.frame_predictors:SPFrameGramSchmidt",
+    "spframe_global": "crystalframer.nn.frame_predictors:SPFrameGlobal",
+    "equiv_gs_local": "crystalframer.nn.frame_predictors:EquivariantGSLocalFrame",
+}
+
+
+def is_frame_path(name) -> bool:
+    """Whether ``name`` is a ``"package.module:Class"`` path rather than a registry name."""
+    return isinstance(name, str) and ":" in name
+
+
+def load_frame_class(path: str) -> type[FrameMethod]:
+    """Import the :class:`FrameMethod` subclass named by ``"package.module:Class"``.
+
+    Raises:
+        ValueError: a malformed path, a module that cannot be imported, no such attribute, or an attribute
+            that is not a FrameMethod subclass.
+    """
+    module, _, attr = path.partition(":")
+    if not module or not attr:
+        raise ValueError(f"frame method {path!r}: a plugin name must look like 'package.module:Class'")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as err:
+        raise ValueError(f"frame method {path!r}: cannot import module {module!r} ({err})") from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"frame method {path!r}: module {module!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, FrameMethod)):
+        raise ValueError(f"frame method {path!r}: {attr!r} is not a FrameMethod subclass "
+                         "(crystalframer.frames.base.FrameMethod)")
+    return obj
+
+
+class FrameRegistry(MutableMapping):
+    """name → :class:`FrameMethod` class.
+
+    Entries may be classes or ``"package.module:Class"`` paths, imported when first looked up. A key that is
+    itself such a path resolves without being registered (``registry["my.pkg.frames:MyFrame"]``); iteration
+    and ``in`` see the registered names only.
+    """
+
+    def __init__(self, entries: dict[str, str | type[FrameMethod]] | None = None):
+        self._entries: dict[str, str | type[FrameMethod]] = dict(entries or {})
+
+    def __getitem__(self, name: str) -> type[FrameMethod]:
+        entry = self._entries.get(name)
+        if entry is None:
+            if is_frame_path(name):
+                return load_frame_class(name)
+            raise KeyError(name)
+        if isinstance(entry, str):
+            entry = load_frame_class(entry)
+            self._entries[name] = entry
+        return entry
+
+    def __setitem__(self, name: str, cls: str | type[FrameMethod]) -> None:
+        self._entries[name] = cls
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
+
+    def __contains__(self, name) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"FrameRegistry({sorted(self._entries)})"
+
+
+FRAMES = FrameRegistry(BUILTIN_FRAMES)
+
+
 def register_frame(cls: type[FrameMethod]) -> type[FrameMethod]:
     """Class decorator adding a frame method to the registry under ``cls.name``."""
+    if not cls.name or is_frame_path(cls.name):
+        raise ValueError(f"frame method {cls.__qualname__}: set a registry name without ':' in its 'name' attribute")
     FRAMES[cls.name] = cls
     return cls
 
 
 def build_frame(name: str, **options) -> FrameMethod | None:
-    """The frame method registered as ``name`` (``"none"`` → None: Crystalformer)."""
+    """The frame method registered as ``name``, or named by a ``"package.module:Class"`` path
+    (``"none"`` → None: Crystalformer)."""
     if name in ("none", "no", None):
         return None
-    if name not in FRAMES:
-        raise ValueError(f"unknown frame method {name!r}; available: none, {', '.join(sorted(FRAMES))}")
-    return FRAMES[name](**options)
-
-
-def gather_slots(t: Tensor, idx: Tensor) -> Tensor:
-    """Pick slot ``idx`` (N, H) of a per-slot tensor (N, M, C) → (N, H, C)."""
-    return torch.gather(t, 1, idx[:, :, None].expand(-1, -1, t.shape[-1]))
-
-
-def orthonormal_from_two(e1: Tensor, r2: Tensor, ok: Tensor | None = None) -> Tensor:
-    """(…, 3) unit e1 and a second direction r2 → right-handed orthonormal frame (…, 3, 3), rows e1, e2, e3.
-
-    e2 = normalize(r2 − (e1·r2) e1) (Gram–Schmidt), e3 = e1 × e2. Where ``ok`` is False (no admissible
-    second direction), e2 is a fixed perpendicular of e1 (documented fallback; never hit for 3-D lattices
-    with the default image sets).
-    """
-    e2 = r2 - (e1 * r2).sum(-1, keepdim=True) * e1
-    if ok is not None:
-        fallback = _perpendicular(e1)
-        e2 = torch.where(ok[..., None], e2, fallback)
-    e2 = e2 / e2.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    e3 = torch.cross(e1, e2, dim=-1)
-    return torch.stack([e1, e2, e3], -2)
-
-
-def _perpendicular(e: Tensor) -> Tensor:
-    basis = torch.eye(3, dtype=e.dtype, device=e.device)
-    axis = basis[e.abs().argmin(-1)]
-    p = axis - (axis * e).sum(-1, keepdim=True) * e
-    return p / p.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def masked_argmax(score: Tensor, allowed: Tensor, dim: int = 1) -> tuple[Tensor, Tensor]:
-    """First index of the maximum of ``score`` over ``allowed`` entries, and whether any was allowed."""
-    s = score.masked_fill(~allowed, float("-inf"))
-    return s.argmax(dim), allowed.any(dim)
-
-
-def sign_by_moment(axes: Tensor, vec: Tensor, weight: Tensor) -> Tensor:
-    """Deterministic, rotation-equivariant axis signs: make Σ weight · (e·v)³ >= 0 for each axis.
-
-    Args:
-        axes: (..., K, 3); vec: (..., M, 3) the points; weight: (..., M).
-    """
-    proj = torch.einsum("...kc,...mc->...km", axes, vec)
-    m3 = (weight[..., None, :] * proj**3).sum(-1)
-    sign = torch.where(m3 < 0, -1.0, 1.0).to(axes.dtype)
-    return axes * sign[..., None]
+    try:
+        cls = FRAMES[name]
+    except KeyError:
+        raise ValueError(f"unknown frame method {name!r}; available: none, {', '.join(sorted(FRAMES))}, or a "
+                         "plugin given as 'package.module:Class'") from None
+    return cls(**options)

@@ -54,6 +54,8 @@ class LatticeFrame(FrameMethod):
     """
 
     name = "lattice"
+    equivariant = True
+    cell_invariant = False  # a supercell has another lattice
     per_structure = True
 
     def forward(self, inp: FrameInput) -> Tensor | tuple[Tensor, Tensor]:

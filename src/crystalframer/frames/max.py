@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from crystalframer.frames.base import FrameInput, FrameMethod, gather_slots, orthonormal_from_two, register_frame
+from crystalframer.frames.axes import gather_slots, orthonormal_from_two
+from crystalframer.frames.base import FrameInput, FrameMethod, register_frame
 from crystalframer.frames.noise import draw_seed
 from crystalframer.frames.search import COLLINEAR, LOG_FLOOR, two_axis_search
 from crystalframer.frames.ties import two_axis_frame_set
@@ -36,6 +37,8 @@ class MaxFrame(FrameMethod):
     """
 
     name = "max"
+    equivariant = True
+    cell_invariant = True
 
     def forward(self, inp: FrameInput) -> Tensor | tuple[Tensor, Tensor]:
         mode = self.tie_mode(inp)
@@ -71,6 +74,8 @@ class StaticFrame(FrameMethod):
     """
 
     name = "static"
+    equivariant = True
+    cell_invariant = True
 
     def __init__(self, literal: bool = False, **options):
         super().__init__(**options)

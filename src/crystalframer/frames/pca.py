@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from crystalframer.frames.base import FrameInput, FrameMethod, register_frame, sign_by_moment
+from crystalframer.frames.axes import sign_by_moment
+from crystalframer.frames.base import FrameInput, FrameMethod, register_frame
 from crystalframer.frames.ties import lattice_frame_set, pca_frame_set
 
 _SIGN_MODES = ("random", "moment", "average")
@@ -74,6 +75,8 @@ class WeightedPCAFrame(FrameMethod):
     """
 
     name = "weighted_pca"
+    equivariant = True
+    cell_invariant = True
     average_in_training = True
 
     def __init__(self, signs: str | None = None, **options):
@@ -120,6 +123,8 @@ class GlobalPCAFrame(FrameMethod):
     """
 
     name = "pca"
+    equivariant = True
+    cell_invariant = False  # the raw coordinates of the atoms as given
     per_structure = True
     average_in_training = True
 

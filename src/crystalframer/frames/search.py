@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crystalframer.frames.base import gather_slots, masked_argmax
+from crystalframer.frames.axes import gather_slots, masked_argmax
 from crystalframer.frames.noise import ULP, hash_uniform, uniform
 from crystalframer.numba_support import njit, np_scalar, numba, prange, run_kernel, use_numba
 

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crystalframer.frames.base import FrameInput, FrameMethod
-from crystalframer.frames.ties import frame_set_angle_psi
 from crystalframer.geometry.images import Images, SpherePool, box_images, official_box_radius
-from crystalframer.nn.basis import (AngleBasis, DistanceBasis, angle_histogram, dense_angle_features,
-                                   moment_kernel_applies, slot_angle_features)
+from crystalframer.nn.angular import (angle_histogram, dense_angle_features, frame_set_angle_psi,
+                                      moment_kernel_applies, slot_angle_features)
+from crystalframer.nn.basis import AngleBasis, DistanceBasis
 
 #: σ-normalisation pair used by an uncalibrated model in eval mode: the middle of the values the
 #: published models calibrate to (scale 22..32, shift ≈ ±0.01, spec §12 item 10).

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crystalframer.frames import FRAMES, build_frame
+from crystalframer.frames.base import FRAMES, build_frame
 from crystalframer.geometry.images import IMAGE_TOL, SpherePool, sphere_images, tail_factor
 from crystalframer.nn.attention import DistanceDecayAttention, Geometry
 from crystalframer.nn.basis import AngleBasis, DistanceBasis
