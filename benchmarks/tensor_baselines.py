@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from crystalframer.data.datasets import load_shared
-from crystalframer.nn.tensor_heads import VOIGT_PAIRS, column_names, rotate, rotate_voigt
+from crystalframer.geometry.tensors import VOIGT_PAIRS, column_names, rotate, rotate_voigt
 from crystalframer.training.data import DataSpec, Splits
 from crystalframer.training.metrics import tensor_metrics
 from crystalframer.training.trainer import TrainConfig, train

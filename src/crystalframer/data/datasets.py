@@ -434,7 +434,7 @@ def load_shared(name: str, root: str | os.PathLike, split: str | None = None, on
         limit: read only the first ``limit`` rows of each split (quick checks); None reads everything.
         targets: other label columns of the file than the natural targets (e.g. ``e_total``).
         target_shapes: {target: shape} for tensor-valued columns (e.g. ``{"e_total": "3x3sym"}``, see
-            :mod:`crystalframer.nn.tensor_heads`): they become flattened columns ``e_total[i,j]``.
+            :mod:`crystalframer.geometry.tensors`): they become flattened columns ``e_total[i,j]``.
     """
     import pandas as pd
 

@@ -1,6 +1,6 @@
 """What every frame method sees (:class:`FrameInput`), what it promises (:class:`FrameMethod`), and the registry.
 
-A frame is F_ih = (e1, e2, e3) per atom i and head h (Ito et al., ICLR 2025, §3): three unit vectors (rows of
+A frame is F_ih = (e1, e2, e3) per atom i and head h (Ito et al., ICLR 2025): three unit vectors (rows of
 a (3, 3) matrix), in Cartesian coordinates. The angular features use the cosines e_k · r̂ of every image.
 Frames are computed from detached quantities and carry no gradient, except for methods that declare
 ``differentiable = True`` (the learned SPFrame predictors).

@@ -1,6 +1,15 @@
 """Global frames: one frame per crystal from its lattice (and, for ``"reduced"``, its primitive cell).
 
-GLOBALDOC
+Used by SPFrame (Hua & Lin, NeurIPS 2025), whose learned predictors live in
+:mod:`crystalframer.nn.frame_predictors`. Conventions (row vectors): a lattice ``T`` (3, 3) has the lattice
+vectors as rows (``L = Tᵀ`` has them as columns); a frame ``F`` (3, 3) has its axes as rows, and a
+displacement r has the coordinates ``u = F r`` in it. A rotation Q maps ``r → Q r`` and ``T → T Qᵀ``; a frame
+map is equivariant when ``F(T Qᵀ) = F(T) Qᵀ``, which makes ``u`` invariant.
+
+The paper's QR frame (default) depends on the unit cell given. ``"reduced"`` is the cell-invariant option
+[this library's addition]: the crystal is reduced to its primitive lattice (spglib), and the angular features
+are averaged over every tied reduced basis of it (:func:`primitive_reduced_frame_sets`), so a change of basis
+or a supercell leaves predictions unchanged, also on cubic, tetragonal and hexagonal lattices.
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ from crystalframer.frames.ties import lattice_frame_set, warn_once
 from crystalframer.geometry.images import lexicographic_shifts, plane_spacings
 from crystalframer.geometry.symmetry import species_types
 
-#: Global-frame constructions (spec A.4 and A.10 item 1).
+#: Global-frame constructions: the paper's QR (default), polar and PCA frames, the cell-invariant reduced
+#: frame and the Cartesian axes (see :func:`global_frame`).
 GLOBAL_FRAMES = ("qr", "polar", "pca", "reduced", "identity")
 #: Relative eigenvalue gap under which the PCA global frame is degenerate.
 PCA_TOL = 1e-6
@@ -33,7 +43,7 @@ REDUCED_CACHE_SIZE = 50_000
 
 
 def _fix_det(Q: Tensor) -> Tensor:
-    """Negate the first column of (B, 3, 3) orthogonal ``Q`` where det Q = −1 (the paper's rule, A.4)."""
+    """Negate the first column of (B, 3, 3) orthogonal ``Q`` where det Q = −1 (the SPFrame paper's rule)."""
     det = torch.linalg.det(Q)
     flip = torch.ones_like(Q[:, 0])
     flip[:, 0] = torch.where(det < 0, -1.0, 1.0).to(Q.dtype)
@@ -41,7 +51,7 @@ def _fix_det(Q: Tensor) -> Tensor:
 
 
 def qr_frame(lattice: Tensor) -> Tensor:
-    """QR global frame [paper default, A.4]: L = Tᵀ = Q_L U with diag U > 0; F_g = Q_Lᵀ (first column of
+    """QR global frame [the SPFrame paper's default]: L = Tᵀ = Q_L U with diag U > 0; F_g = Q_Lᵀ (first column of
     Q_L negated for a left-handed basis). F_g maps l1 onto +x and l2 into the xy-plane.
 
     Args: lattice (B, 3, 3) rows. Returns (B, 3, 3) rows = axes.
@@ -53,14 +63,14 @@ def qr_frame(lattice: Tensor) -> Tensor:
 
 
 def polar_frame(lattice: Tensor) -> Tensor:
-    """Polar global frame [paper option, A.4]: L = Q_P H with H symmetric positive definite (Q_P = U Vᵀ from
+    """Polar global frame [an option of the SPFrame paper]: L = Q_P H with H symmetric positive definite (Q_P = U Vᵀ from
     the SVD L = U Σ Vᵀ); F_g = Q_Pᵀ, with the same determinant fix as :func:`qr_frame`."""
     U, _, Vh = torch.linalg.svd(lattice.transpose(-1, -2))
     return _fix_det(U @ Vh).transpose(-1, -2)
 
 
 def pca_frame(lattice: Tensor, fallback: str = "qr", tol: float = PCA_TOL) -> Tensor:
-    """PCA global frame of the three lattice vectors [paper option, A.4; sign rule derived].
+    """PCA global frame of the three lattice vectors [an option of the SPFrame paper; the sign rule is ours].
 
     The centred vectors l_k − l̄ span a plane: the axes are the eigenvectors of the two non-zero eigenvalues
     of their scatter matrix (largest first), each signed so that its projection on the first lattice vector
@@ -127,7 +137,7 @@ def reduced_basis(lattice: Tensor, tol: float = 1e-5) -> Tensor:
 
 
 def reduced_frame(lattice: Tensor) -> Tensor:
-    """Reduced-basis global frame [proposal, A.4]: Gram–Schmidt (= QR with positive diagonal) of the
+    """Reduced-basis global frame [this library's addition]: Gram–Schmidt (= QR with positive diagonal) of the
     canonical, right-handed lattice vectors of :func:`reduced_basis` (the lattice-frame rule of Yan et al.).
     It depends on the lattice only, not on the cell's basis, so a change of unit cell (a unimodular basis
     change) does not change it. Lattices with several equally short candidates (cubic, tetragonal,
@@ -250,7 +260,7 @@ def global_frame(lattice: Tensor, method: str = "qr", pca_fallback: str = "qr") 
 
     ``method``: ``"qr"`` (paper default), ``"polar"``, ``"pca"`` (ablation), ``"reduced"`` (invariant to the
     choice of unit cell), ``"identity"`` (Cartesian axes: not rotation invariant, for tests and for
-    reproducing the paper's F_g = I remark, spec A.6.2).
+    reproducing the SPFrame paper's remark on F_g = I).
     """
     if method == "qr":
         return qr_frame(lattice)

@@ -1,4 +1,5 @@
-"""Max frames (dynamic, spec §4.1) and static local frames (spec §4.2)."""
+"""Max frames (dynamic) and static local frames (Ito et al., "Rethinking the role of frames for SE(3)-invariant
+crystal structure modeling", ICLR 2025)."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def _tie_set(method: FrameMethod, inp: FrameInput, s1: Tensor, mag1: Tensor, lit
 
 @register_frame
 class StaticFrame(FrameMethod):
-    """Static local frames: nearest neighbour and nearest non-collinear neighbour (spec §4.2).
+    """Static local frames: nearest neighbour and nearest non-collinear neighbour (Ito et al., ICLR 2025).
 
     The paper's intent (default): max frames without the q·k term, i.e. e1 = nearest non-self image and
     r2 maximising a·d² + log(1 − |cos|) (near and non-collinear). ``literal=True`` reproduces the

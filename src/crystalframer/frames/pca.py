@@ -1,4 +1,5 @@
-"""PCA frames: dynamic weighted PCA (CrystalFramer, spec §4.3) and global PCA (Duval et al., spec §4.4)."""
+"""PCA frames: dynamic weighted PCA (Ito et al., ICLR 2025) and global PCA (Duval et al.,
+ICML 2023)."""
 
 from __future__ import annotations
 
@@ -70,8 +71,7 @@ class WeightedPCAFrame(FrameMethod):
     trained, ``ties="auto"`` uses it in training as well as in evaluation (``average_in_training``); for
     non-degenerate Σ it equals the noise-free eigenvectors, with the expectation over the random signs
     computed exactly. ``ties="noise"`` trains with the published noisy ``eigh`` and random signs.
-    The released code differs (unnormalised vectors, an uninitialised weight buffer, eigenvector rows):
-    see spec §4.3.
+    The released code differs (unnormalised vectors, an uninitialised weight buffer, eigenvector rows).
     """
 
     name = "weighted_pca"

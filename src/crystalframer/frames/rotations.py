@@ -12,7 +12,8 @@ from crystalframer.frames.axes import perpendicular
 
 
 def quaternion_to_rotation(q: Tensor, eps: float = 1e-6) -> Tensor:
-    """(..., 4) quaternions (a, b, c, d), a the real part → (..., 3, 3) rotation matrices (spec A.5.1).
+    """(..., 4) quaternions (a, b, c, d), a the real part → (..., 3, 3) rotation matrices (SPFrame,
+    Hua & Lin, NeurIPS 2025).
 
     q̂ = q / max(|q|, eps), then the paper's Algorithm 1. For |q| >= eps the result is orthonormal with
     det +1, and q and −q give the same matrix (the formula is quadratic). q = 0 gives the identity, with

@@ -1,4 +1,4 @@
-"""The two-axis frame search of max and static frames (spec §4.1, §4.2), in PyTorch and as a Numba kernel.
+"""The two-axis frame search of max and static frames (Ito et al., ICLR 2025), in PyTorch and as a Numba kernel.
 
 Per atom n and head h, with the distance term d = d²_nm (+ u_nmh, the tie-breaking noise in Å²):
 

@@ -1,4 +1,4 @@
-"""Tie policies of frame methods: deterministic, exactly invariant frames on symmetric crystals (issue 4).
+"""Tie policies of frame methods: deterministic, exactly invariant frames on symmetric crystals.
 
 Every frame method chooses axes by maximising scores (max / static frames), by ordering eigenvalues
 (PCA frames) or by shortest vectors (lattice frames). In symmetric crystals several candidates tie exactly,
@@ -12,15 +12,15 @@ published code). Policies (frame option ``ties``):
   permutation, periodic image, supercell, unimodular change of cell). For max and static frames with
   *exact* ties, the averaged angular features of a layer are the expectation of those of the published
   stochastic policy (each tied candidate wins with equal probability, see the weights below), computed
-  exactly. Two cases are not that expectation: near-ties inside the tolerance (see "Contract" below), and
+  exactly. Two cases are not that expectation: near-ties inside the tolerance (see docs/frames.md), and
   degenerate PCA covariances, where the published noisy ``eigh`` draws axes from a continuous distribution
   over the eigenspace; the PCA frames therefore use their deterministic set in training as well
   (``FrameMethod.average_in_training``), so that training and evaluation follow one rule.
 * ``"noise"``: the published policy: tie-breaking noise of amplitude ``frame_noise`` (Å², 1e-5 published),
   a different frame at every call; with ``frame_noise = 0`` the first candidate in (j, n) slot order wins.
-* ``"first"``: deterministic first-wins order (the published kernels with noise 0: golden parity).
-* ``"auto"`` (default): ``"first"`` when ``frame_noise == 0`` (the documented deterministic order, used by
-  the golden parity loaders), otherwise ``"noise"`` in training mode (published training) and ``"average"``
+* ``"first"``: deterministic first-wins order (the published kernels with noise 0).
+* ``"auto"`` (default): ``"first"`` when ``frame_noise == 0`` (the documented deterministic order, used
+  for parity with the published kernels), otherwise ``"noise"`` in training mode (published training) and ``"average"``
   in evaluation mode (``predict``, validation, test); ``"average"`` in both for the PCA frames.
 
 Tolerances and tie weights (scores are log-weights, dimensionless):
@@ -41,36 +41,12 @@ Tolerances and tie weights (scores are log-weights, dimensionless):
   the eigengaps), decided beyond 3 · tol, and the other sign's weight is linear in between;
 * lattice vector lengths tie when their squared lengths differ by at most ``LATTICE_RTOL`` (1e-5) relative.
 
-Contract of ``"average"`` (max / static frames): what is averaged is the angular features of every frame
-(e1, r2) whose first score is within the tolerance of the best first score and whose second score is within
-the tolerance of the best second score for that e1, with the weights below; the tolerance is t0 = atol +
-rtol · mag (2e-5 + 2e-6 · |score terms| by default; weight 1 up to t0, linear to 0 at t0 + RAMP = t0 + 4e-4,
-0 beyond). Why that wide: the tie set must not change under re-expressions of the same crystal (rotation,
-another cell, far periodic images), whose float32 rounding moves tied scores apart by up to ~1e-5, and a
-ramp keeps a near-tie that happens to sit at the edge from switching a whole frame. The published noise
-(u ~ U(−½, ½) · 1e-5 Å², a score change of |a| · u ≲ 5e-6) flips only gaps below ~5e-6: so for exact ties
-(gap 0, all symmetry-equivalent choices) the average is that noise's expectation, while genuine near-ties
-with gaps between ~5e-6 and t0 + RAMP, which the noise never flips, are averaged too (a deliberate
-smoothing, not the noise's expectation; on low-symmetry structures such gaps are rare: golden class A is
-unchanged by the policy). ``tie_atol`` / ``tie_rtol`` narrow or widen t0; RAMP is fixed.
-
-Set construction and weights (max / static frames): E1 = every candidate with a non-zero tie weight π1 for
-the first score; for each e1 ∈ E1, E2(e1) = every admissible second candidate with a non-zero weight π2
-relative to *its* best second score. Frame (e1, r2) gets the weight π1/Σπ1 · π2/Σπ2 ("per e1, then per
-e2"; for exact ties 1/|E1| · 1/|E2(e1)|). Both this and the uniform weight over pairs are closed under the
-point group (a symmetry g maps E1 onto itself and E2(e1) onto E2(g e1), so |E2| is constant on orbits); the
-hierarchical weight is chosen because it equals the probability of each frame under the published noise
-(first axis uniformly among its ties, then the second uniformly among its ties), so an averaged model
-evaluates what a noise-trained model saw.
+The contract of ``"average"`` and how the sets and their weights are built are described in docs/frames.md.
 
 Cap: at most ``cap`` frames per (atom, head) (default 256; the largest sets seen are 96 for max frames on
 batch48 and 48 for static frames of bcc metals). Above the cap whole e1 groups are kept in slot order
 while they fit (a first group larger than the cap is cut) and the weights renormalised; exact invariance is
 then lost for that (atom, head) and a warning is issued.
-
-Cost: the angular features of a frame set depend on each axis direction separately, so attention computes
-them once per *distinct* axis direction (:func:`compact_directions`; directions and their negatives are
-merged when the basis is symmetric): T tied frames do not cost T times one frame.
 """
 
 from __future__ import annotations
@@ -89,9 +65,9 @@ ATOL = 2e-5
 RTOL = 2e-6
 #: width of the linear ramp of tie weights above the tolerance (full weight up to the tolerance, none from
 #: tolerance + RAMP on; with the defaults a gap above ~4.2e-4 gets no weight). Float32 scores carry ~1e-6 of
-#: rounding, which moves a weight inside the ramp by ~1e-6 / RAMP: 8e-5 left a near-tie of mp-30180 (golden
-#: class D) at 3e-5 relative change under re-imaging; 4e-4 gives 9e-6 and still leaves the low-symmetry
-#: class-A structures untouched (2e-3 does not: 3e-3 relative change there).
+#: rounding, which moves a weight inside the ramp by ~1e-6 / RAMP: 8e-5 left a near-tie of mp-30180
+#: at 3e-5 relative change under re-imaging; 4e-4 gives 9e-6 and still leaves the low-symmetry
+#: structures we tested untouched (2e-3 does not: 3e-3 relative change there).
 RAMP = 4e-4
 #: assumed rounding of a cosine, for the tolerance of log(1 − |cos|)
 COS_EPS = 1e-6

@@ -1,4 +1,14 @@
-"""ANGDOC"""
+"""Angular features of frames: Σ_k W_k,h Σ_slots w · b(e_k · r̂) per (atom, head), for one frame or a weighted
+set of frames per (atom, head) (CrystalFramer, Ito et al., ICLR 2025).
+
+* :func:`angle_histogram`: direct evaluation of every basis function, chunked (the published windowed basis);
+* :func:`slot_angle_features`, :func:`dense_angle_features`, :func:`direction_angle_features`: the moment and
+  Chebyshev expansions of :class:`~crystalframer.nn.basis.AngleBasis` (kernels in :mod:`crystalframer.nn.moments`);
+* :func:`frame_set_angle_psi`: frame sets (tie averaging, :mod:`crystalframer.frames.ties`). The angular
+  features of a frame set depend on each axis direction separately, so they are computed once per *distinct*
+  axis direction (:func:`compact_directions`; directions and their negatives are merged when the basis is
+  symmetric): T tied frames do not cost T times one frame.
+"""
 
 from __future__ import annotations
 
@@ -203,7 +213,7 @@ def row_angle_features(w: Tensor, cos: Tensor, basis: AngleBasis, proj: Tensor) 
 
 
 def angle_histogram(w: Tensor, cos: Tensor, basis: AngleBasis, budget: int = 4_000_000) -> Tensor:
-    """Attention-weighted angular basis sums b̄ (spec §3.6), aggregated over every image of atom i.
+    """Attention-weighted angular basis sums b̄ (Ito et al., ICLR 2025), aggregated over every image of atom i.
 
     Args:
         w: (N, H, M) attention weight of each image slot (0 for slots without a direction).

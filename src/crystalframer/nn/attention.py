@@ -1,4 +1,5 @@
-"""Infinitely connected distance-decay attention (spec §3) with optional frame-based angular encodings (§3.6).
+"""Infinitely connected distance-decay attention (Crystalformer, Taniai et al., ICLR 2024) with
+optional frame-based angular encodings (CrystalFramer, Ito et al., ICLR 2025).
 
 For atom i and head h, every periodic image j(n) in i's image set gets the weight
 
@@ -29,7 +30,7 @@ from crystalframer.nn.angular import (angle_histogram, dense_angle_features, fra
 from crystalframer.nn.basis import AngleBasis, DistanceBasis
 
 #: σ-normalisation pair used by an uncalibrated model in eval mode: the middle of the values the
-#: published models calibrate to (scale 22..32, shift ≈ ±0.01, spec §12 item 10).
+#: published models calibrate to (scale 22..32, shift ≈ ±0.01).
 DEFAULT_SIGMA_NORM = (25.0, 0.0)
 #: Attention weights below this (the weights of an atom sum to 1) are left out of the angular sums.
 WEIGHT_FLOOR = 1e-12
@@ -77,7 +78,7 @@ class DistanceDecayAttention(nn.Module):
 
     Args:
         dim: model width d; heads: H (head width d/H).
-        r0, sigma_lb, beta: σ parametrisation (spec §3.2): ρ = (1−b)ELU(βα̂/(1−b)) + 1, σ = r0/√ρ (Å).
+        r0, sigma_lb, beta: σ parametrisation (as in the released Crystalformer code): ρ = (1−b)ELU(βα̂/(1−b)) + 1, σ = r0/√ρ (Å).
         dist_basis / angle_basis: basis functions; ``angle_basis=None`` without frames.
         dist_coef, angle_coef: c_dist and c_angl.
         frame: the frame method (None: Crystalformer).
@@ -114,12 +115,12 @@ class DistanceDecayAttention(nn.Module):
         else:
             self.register_parameter("angle_proj", None)
         self.out = nn.Linear(dim, dim)
-        # [scale, shift, number of samples it was computed from]; frozen once calibrated (spec §3.2).
+        # [scale, shift, number of samples it was computed from]; frozen once calibrated.
         self.sigma_norm = nn.Parameter(torch.zeros(3), requires_grad=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Initialisation of spec §5 (before the T-Fixup scaling, which the encoder applies)."""
+        """Initialisation of the released Crystalformer code (before the T-Fixup scaling, which the encoder applies)."""
         for w in (self.w_q, self.w_k, self.w_v, self.out.weight):
             nn.init.xavier_uniform_(w)
         nn.init.zeros_(self.b_qkv)
@@ -140,7 +141,7 @@ class DistanceDecayAttention(nn.Module):
         return bool(self.sigma_norm[2] > 0)
 
     def sigma_pair(self, alpha: Tensor) -> tuple[Tensor | float, Tensor | float]:
-        """(scale, shift) of α̂ = (α + shift)·scale; calibrated from the first training batch (spec §3.2)."""
+        """(scale, shift) of α̂ = (α + shift)·scale; calibrated from the first training batch."""
         if not self.calibrated:
             if self.training:
                 a = alpha.detach().double()

@@ -1,4 +1,28 @@
-"""PREDDOC"""
+"""Learned frame predictors: SPFrame, symmetry-preserving local-global frames (Hua & Lin, NeurIPS 2025), and
+the equivariant Gram–Schmidt local-frame baseline it is compared with.
+
+Conventions as in :mod:`crystalframer.frames.global_frames` (row vectors; frames have their axes as rows).
+Frame methods registered here (the registry of :mod:`crystalframer.frames.base` names them and imports this
+module on first use):
+
+* ``spframe_quat`` [the paper's main method]: ``F_ih = R(q̂_ih) · F_g(T_b)``. ``F_g`` is one frame per crystal
+  from its lattice only (:func:`~crystalframer.frames.global_frames.global_frame`), shared by all atoms;
+  ``R(q̂)`` is an *invariant* rotation, a unit quaternion predicted from invariant node states. The edge vector
+  is first put in the global frame, then rotated by the invariant local frame (the paper's composition order).
+* ``spframe_gs`` [a paper ablation]: the invariant rotation from two invariant 3-vectors α, β (two separate
+  predictors) by Gram–Schmidt, rows (e1, e2, e1 × e2), times ``F_g``.
+* ``equiv_gs_local`` [the paper's baseline "Eq-GS-LF"]: EGNN-style equivariant vectors
+  α_i = Σ_j φ_α(h_i, h_j, d_ij) r_ij, β_i likewise → Gram–Schmidt, no global frame. It maps
+  symmetry-equivalent atoms to identical framed neighbourhoods (the symmetry breaking the paper describes).
+* ``spframe_global`` [this library's ablation]: ``F_g`` alone (no learned rotation), one frame per crystal.
+
+The first three are ``differentiable``: the angular features pass gradients into the axes, so the learned
+parts train. Which invariant state feeds the predictors is left open by the paper; the library's choice is
+the layer's input states ``x`` (the output of the previous, invariant layer) and, in the first layer (where
+``x`` is only the species embedding), the output of one extra distance-only Crystalformer attention block
+(``message="first"``). ``message="all"`` gives every layer its own block (the paper's "SPFrame block with its
+own message passing in every module"); ``"none"`` uses ``x`` only.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +45,8 @@ MESSAGE_MODES = ("first", "all", "none")
 class InvariantMessage(nn.Module):
     """One distance-only Crystalformer attention block on the layer's image slots: z = x + Attn(x).
 
-    Only distances and invariant states enter, so z is invariant [proposal, spec A.10 item 2: the
-    "any SO(3)-invariant message passing" the paper uses to produce the quaternion]. It has its own
+    Only distances and invariant states enter, so z is invariant [this library's choice for the
+    "any SO(3)-invariant message passing" the SPFrame paper uses to produce the quaternion]. It has its own
     distance basis (``dist_bins`` Gaussians up to ``dist_max`` Å) and its own σ calibration.
     """
 
@@ -178,7 +202,7 @@ class _SPFrameBase(FrameMethod):
 
 @register_frame
 class SPFrameQuaternion(_SPFrameBase):
-    """SPFrame with a quaternion-predicted invariant rotation (the paper's main method, spec A.5.1, A.10).
+    """SPFrame with a quaternion-predicted invariant rotation (the SPFrame paper's main method).
 
     q_ih = W_h LN(z_i) + b (b initialised to (1, 0, 0, 0)), F_INV,ih = R(q̂_ih), F_ih = F_INV,ih F_g.
     """
@@ -200,7 +224,7 @@ class SPFrameQuaternion(_SPFrameBase):
 
 @register_frame
 class SPFrameGramSchmidt(_SPFrameBase):
-    """SPFrame with a Gram–Schmidt invariant rotation (paper ablation, spec A.5.2).
+    """SPFrame with a Gram–Schmidt invariant rotation (an ablation of the SPFrame paper).
 
     Two separate predictors give invariant 3-vectors α_ih, β_ih (biases (1, 0, 0) and (0, 1, 0)); F_INV is
     their Gram–Schmidt frame. With ``message`` blocks, each predictor has its own block (the paper's two
@@ -241,16 +265,16 @@ class SPFrameGlobal(_SPFrameBase):
 
 @register_frame
 class EquivariantGSLocalFrame(FrameMethod):
-    """SO(3)-equivariant Gram–Schmidt local frames (the paper's "Eq-GS-LF" baseline, spec A.5.3).
+    """SO(3)-equivariant Gram–Schmidt local frames (the SPFrame paper's "Eq-GS-LF" baseline).
 
     α_ih = Σ_m w_imh φ_α,h(h_i, h_j(m), d_m) r_m and β_ih likewise over the layer's image slots m of atom i
     (r_m the displacement, w the layer's attention weights, which are invariant and make the sums smooth and
-    local [proposal: the paper's EGNN sum has no such weight]); φ = Linear ∘ SiLU ∘ (A LN(h_i) + B LN(h_j)
+    local [this library's choice: the paper's EGNN sum has no such weight]); φ = Linear ∘ SiLU ∘ (A LN(h_i) + B LN(h_j)
     + C rbf(d)), one scalar per head and vector. F_ih = GS(α_ih, β_ih), no global frame.
 
     Symmetric environments make α (or β ∥ α) vanish; no equivariant frame exists there. To stay
     equivariant and finite, α and β get a tie-breaker that is exactly 0 for generic environments
-    [proposal]: α' = α + τ S_α relu(1 − |α|/(τ S_α))² g1, with S_α = Σ_m |w φ_α| |r_m| the scale of the
+    [this library's choice]: α' = α + τ S_α relu(1 − |α|/(τ S_α))² g1, with S_α = Σ_m |w φ_α| |r_m| the scale of the
     sum and g1 the first axis of the crystal's global frame (``fallback_frame``, QR by default; the tie-breaker
     inherits its dependence on the cell's basis); likewise β' with |β⊥e1| and a generic fixed
     mix of g1, g2, g3. Only environments with |α| < τ S_α (τ = ``tau`` = 1e-3) are affected; a centrosymmetric

@@ -10,10 +10,11 @@ from torch import Tensor, nn
 
 from crystalframer.frames.base import FRAMES, build_frame
 from crystalframer.geometry.images import IMAGE_TOL, SpherePool, sphere_images, tail_factor
+from crystalframer.geometry.tensors import column_names, n_columns, target_kind
 from crystalframer.nn.attention import DistanceDecayAttention, Geometry
 from crystalframer.nn.basis import AngleBasis, DistanceBasis
 from crystalframer.nn.heads import check_task
-from crystalframer.nn.tensor_heads import FrameTensorHead, column_names, n_columns, target_kind
+from crystalframer.nn.tensor_heads import FrameTensorHead
 
 N_ELEMENTS = 98
 
@@ -155,7 +156,7 @@ class CrystalFramerNet(nn.Module):
         self._t_fixup()
 
     def _t_fixup(self) -> None:
-        """T-Fixup (spec §5): N(0, d^-1/2 (9L)^-1/4) embedding; W_v, W_o, W1, W2 scaled by 0.67 L^-1/4."""
+        """T-Fixup (Huang et al., ICML 2020, as in Crystalformer): N(0, d^-1/2 (9L)^-1/4) embedding; W_v, W_o, W1, W2 scaled by 0.67 L^-1/4."""
         L, d = len(self.layers), self.config["model_dim"]
         nn.init.normal_(self.embedding.weight, std=d**-0.5 * (9 * L) ** -0.25)
         with torch.no_grad():

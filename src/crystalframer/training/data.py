@@ -73,7 +73,7 @@ class DataSpec:
             stays missing), named ``"<target>><threshold>"``, for classification (``loss: bce``); e.g.
             ``{"band_gap": 0.0}`` labels non-metals 1 and metals 0.
         target_shapes: {target: shape} for vector/tensor targets (``"3"``, ``"3x3"``, ``"3x3sym"``, ``"6x6"``;
-            see :mod:`crystalframer.nn.tensor_heads`), e.g. ``{"e_total": "3x3sym"}``; their columns hold
+            see :mod:`crystalframer.geometry.tensors`), e.g. ``{"e_total": "3x3sym"}``; their columns hold
             arrays and become flattened columns ``e_total[i,j]``. Needs ``targets``.
     """
 
@@ -107,7 +107,7 @@ class DataSpec:
             _check_threshold(t, thr)
         if self.target_shapes:
             from crystalframer.data.tensors import expand_targets
-            from crystalframer.nn.tensor_heads import target_kind
+            from crystalframer.geometry.tensors import target_kind
 
             if not self.targets:
                 raise ValueError(f"target shapes {self.target_shapes} need the targets named (--targets)")
@@ -272,7 +272,7 @@ def resolve_data(spec: DataSpec) -> Splits:
     units = list(spec.units) if spec.units else [SHARED_UNITS.get(n, SHARED_UNITS.get(n.split("[")[0], ""))
                                                  for n in names]
     if spec.target_shapes and len(units) == len(spec.targets or []) != len(names):  # one unit per tensor target
-        from crystalframer.nn.tensor_heads import n_columns
+        from crystalframer.geometry.tensors import n_columns
 
         units = [u for u, t in zip(units, spec.targets) for _ in range(n_columns(spec.target_shapes.get(t)))]
     if spec.binarize:

@@ -201,7 +201,7 @@ def build_model(config: TrainConfig, recipe: Recipe, target_names: Sequence[str]
 
 def _shaped_targets(data: DataSpec, columns: list[str], units: list[str], recipe: Recipe) -> dict[str, Any]:
     """Model target settings of data with vector/tensor targets: names, shapes and one unit per target."""
-    from crystalframer.nn.tensor_heads import n_columns
+    from crystalframer.geometry.tensors import n_columns
 
     names = list(data.targets or [])
     if data.columns != columns:
@@ -239,7 +239,7 @@ def set_target_normalisation(model: torch.nn.Module, train: Sequence[Crystal], n
             raise ValueError(f"the training structures carry {y.shape[1]} targets, the model predicts {n_t}")
         mean, std = population_stats(y)
         if getattr(model, "has_geometric_targets", False):  # isotropic means, one scale per tensor
-            from crystalframer.nn.tensor_heads import tensor_normalisation
+            from crystalframer.geometry.tensors import tensor_normalisation
 
             mean, std = tensor_normalisation(y, model.target_kinds)
     else:
