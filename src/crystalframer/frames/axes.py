@@ -31,6 +31,8 @@ def orthonormal_from_two(e1: Tensor, r2: Tensor, ok: Tensor | None = None) -> Te
 
 
 def perpendicular(e: Tensor) -> Tensor:
+    """A unit vector (…, 3) perpendicular to each unit ``e`` (…, 3): the Cartesian axis least aligned with it,
+    made orthogonal (a fixed, not rotation-equivariant, fallback)."""
     basis = torch.eye(3, dtype=e.dtype, device=e.device)
     axis = basis[e.abs().argmin(-1)]
     p = axis - (axis * e).sum(-1, keepdim=True) * e

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from crystalframer.frames import ties as ties_mod
+from crystalframer.frames.ties import ATOL, CAP, RTOL, check_mode, resolve_mode
 from crystalframer.frames.noise import draw_seed, uniform
 from crystalframer.geometry.images import Images
 
@@ -120,18 +120,18 @@ class FrameMethod(torch.nn.Module):
     #: model sizes the constructor takes (from ``"dim"``, ``"heads"``, ``"layer"``)
     context: tuple[str, ...] = ()
 
-    def __init__(self, ties: str = "auto", tie_atol: float = ties_mod.ATOL, tie_rtol: float = ties_mod.RTOL,
-                 tie_cap: int = ties_mod.CAP, **options):
+    def __init__(self, ties: str = "auto", tie_atol: float = ATOL, tie_rtol: float = RTOL, tie_cap: int = CAP,
+                 **options):
         super().__init__()
         if options:
             raise TypeError(f"frame {self.name!r} got unknown options {sorted(options)}")
-        self.ties = ties_mod.check_mode(ties)
+        self.ties = check_mode(ties)
         self.tie_atol, self.tie_rtol, self.tie_cap = float(tie_atol), float(tie_rtol), int(tie_cap)
 
     def tie_mode(self, inp: "FrameInput") -> str:
         """The tie policy of this call: ``"average"``, ``"noise"`` or ``"first"``."""
         training = self.training and not (self.average_in_training and self.ties == "auto")
-        return ties_mod.resolve_mode(self.ties, training, inp.noise)
+        return resolve_mode(self.ties, training, inp.noise)
 
     def extra_repr(self) -> str:
         return f"ties={self.ties!r}"

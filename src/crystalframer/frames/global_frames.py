@@ -63,8 +63,8 @@ def qr_frame(lattice: Tensor) -> Tensor:
 
 
 def polar_frame(lattice: Tensor) -> Tensor:
-    """Polar global frame [an option of the SPFrame paper]: L = Q_P H with H symmetric positive definite (Q_P = U Vᵀ from
-    the SVD L = U Σ Vᵀ); F_g = Q_Pᵀ, with the same determinant fix as :func:`qr_frame`."""
+    """Polar global frame [an option of the SPFrame paper]: L = Q_P H with H symmetric positive definite
+    (Q_P = U Vᵀ from the SVD L = U Σ Vᵀ); F_g = Q_Pᵀ, with the same determinant fix as :func:`qr_frame`."""
     U, _, Vh = torch.linalg.svd(lattice.transpose(-1, -2))
     return _fix_det(U @ Vh).transpose(-1, -2)
 

@@ -1,4 +1,5 @@
-"""Lattice frames (Yan et al., ICML 2024, as compared in Ito et al., ICLR 2025): axes from the shortest lattice vectors."""
+"""Lattice frames (Yan et al., ICML 2024, as compared in Ito et al., ICLR 2025): axes from the shortest lattice
+vectors."""
 
 from __future__ import annotations
 

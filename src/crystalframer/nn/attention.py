@@ -78,7 +78,8 @@ class DistanceDecayAttention(nn.Module):
 
     Args:
         dim: model width d; heads: H (head width d/H).
-        r0, sigma_lb, beta: σ parametrisation (as in the released Crystalformer code): ρ = (1−b)ELU(βα̂/(1−b)) + 1, σ = r0/√ρ (Å).
+        r0, sigma_lb, beta: σ parametrisation (as in the released Crystalformer code):
+            ρ = (1−b)ELU(βα̂/(1−b)) + 1, σ = r0/√ρ (Å).
         dist_basis / angle_basis: basis functions; ``angle_basis=None`` without frames.
         dist_coef, angle_coef: c_dist and c_angl.
         frame: the frame method (None: Crystalformer).

@@ -156,7 +156,8 @@ class CrystalFramerNet(nn.Module):
         self._t_fixup()
 
     def _t_fixup(self) -> None:
-        """T-Fixup (Huang et al., ICML 2020, as in Crystalformer): N(0, d^-1/2 (9L)^-1/4) embedding; W_v, W_o, W1, W2 scaled by 0.67 L^-1/4."""
+        """T-Fixup (Huang et al., ICML 2020, as in Crystalformer): N(0, d^-1/2 (9L)^-1/4) embedding; W_v, W_o, W1,
+        W2 scaled by 0.67 L^-1/4."""
         L, d = len(self.layers), self.config["model_dim"]
         nn.init.normal_(self.embedding.weight, std=d**-0.5 * (9 * L) ** -0.25)
         with torch.no_grad():
