@@ -19,9 +19,9 @@ import torch
 from crystalframer.data.batch import collate
 from crystalframer.data.structures import to_crystal
 from crystalframer.frames.base import build_frame
-from crystalframer.geometry.images import box_images, official_box_radius, sphere_images
-from crystalframer.nn.attention import DistanceDecayAttention, Geometry
+from crystalframer.geometry.images import official_box_radius, sphere_images
 from crystalframer.nn.angular import angle_histogram
+from crystalframer.nn.attention import DistanceDecayAttention, Geometry
 from crystalframer.nn.basis import AngleBasis, DistanceBasis
 
 
