@@ -15,7 +15,8 @@ from crystalframer.checkpoint import load, read_header
 from crystalframer.cli import main
 from crystalframer.data.tensors import (cartesian_point_group, expand_targets, flatten_tensor_columns,
                                         orientation_report, symmetry_misfit, tensor_value)
-from crystalframer.nn.tensor_heads import rotate, tensor_normalisation
+from crystalframer.geometry.tensors import rotate
+from crystalframer.nn.tensor_heads import tensor_normalisation
 from tests.helpers import random_rotation
 
 TINY = ["--num-layers", "1", "--model-dim", "16", "--num-heads", "2", "--ff-dim", "32", "--cutoff", "4.0",

@@ -78,7 +78,7 @@ class PredictorMixin:
 
 def split_columns(flat: np.ndarray, names: Sequence[str], kinds: Sequence[str]) -> dict[str, np.ndarray]:
     """(n, Σ columns) flattened outputs → ``{name: (n, *shape)}`` (see :mod:`crystalframer.nn.tensor_heads`)."""
-    from crystalframer.nn.tensor_heads import n_columns, target_shape
+    from crystalframer.geometry.tensors import n_columns, target_shape
 
     out, k = {}, 0
     for name, kind in zip(names, kinds):

@@ -10,16 +10,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from crystalframer.data import published as pub
-from crystalframer.data.published import (
-    PUBLISHED_SETS,
-    filter_entries,
-    jarvis_atoms_to_crystal,
-    load_published,
-    load_split_file,
-    official_split_indices,
-    split_published,
-)
+from crystalframer.data.io.jarvis import jarvis_atoms_to_crystal
+from crystalframer.data.sources import published as pub
+from crystalframer.data.sources.published import (PUBLISHED_SETS, filter_entries, load_published, load_split_file,
+                                                  split_published)
+from crystalframer.data.splits import official_split_indices
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*split sizes.*differ:UserWarning")
 

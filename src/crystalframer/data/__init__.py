@@ -1,35 +1,20 @@
-"""Data layer: structures, readers, data sets, splits, the published sets and the preprocessing cache."""
+"""Data layer: structures, readers (:mod:`~crystalframer.data.io`), data sets and splits, the shared and published
+sets (:mod:`~crystalframer.data.sources`), batches, transforms and the preprocessing cache."""
 
 from crystalframer.data.batch import CrystalBatch, collate
 from crystalframer.data.cache import CACHE_SCHEMA_VERSION, clear_cache
-from crystalframer.data.datasets import (
-    SHARED_SETS,
-    CrystalDataset,
-    DatasetSplits,
-    LoadError,
-    TargetStats,
-    load_shared,
-    split_indices,
-)
-from crystalframer.data.published import (
-    PUBLISHED_SETS,
-    jarvis_atoms_to_crystal,
-    load_published,
-    load_split_file,
-    official_split_indices,
-)
-from crystalframer.data.readers import (
-    load_dataset,
-    parse_structure,
-    read_ase_db,
-    read_ase_file,
-    read_csv,
-    read_dataframe,
-    read_extxyz,
-    read_folder,
-    read_json,
-    read_structure_list,
-)
+from crystalframer.data.datasets import CrystalDataset, DatasetSplits, LoadError, TargetStats
+from crystalframer.data.io.ase_files import read_ase_db, read_ase_file, read_extxyz
+from crystalframer.data.io.entries import parse_structure
+from crystalframer.data.io.folders import read_folder
+from crystalframer.data.io.jarvis import jarvis_atoms_to_crystal
+from crystalframer.data.io.json_files import read_json
+from crystalframer.data.io.lists import read_structure_list
+from crystalframer.data.io.load import load_dataset
+from crystalframer.data.io.tables import read_csv, read_dataframe
+from crystalframer.data.sources.published import PUBLISHED_SETS, load_published, load_split_file
+from crystalframer.data.sources.shared import SHARED_SETS, load_shared
+from crystalframer.data.splits import official_split_indices, split_indices
 from crystalframer.data.structures import (
     Crystal,
     InvalidStructureError,

@@ -13,7 +13,8 @@ from crystalframer.geometry.images import IMAGE_TOL, SpherePool, sphere_images, 
 from crystalframer.nn.attention import DistanceDecayAttention, Geometry
 from crystalframer.nn.basis import AngleBasis, DistanceBasis
 from crystalframer.nn.heads import check_task
-from crystalframer.nn.tensor_heads import FrameTensorHead, column_names, n_columns, target_kind
+from crystalframer.geometry.tensors import column_names, n_columns, target_kind
+from crystalframer.nn.tensor_heads import FrameTensorHead
 
 N_ELEMENTS = 98
 

@@ -201,7 +201,7 @@ def build_model(config: TrainConfig, recipe: Recipe, target_names: Sequence[str]
 
 def _shaped_targets(data: DataSpec, columns: list[str], units: list[str], recipe: Recipe) -> dict[str, Any]:
     """Model target settings of data with vector/tensor targets: names, shapes and one unit per target."""
-    from crystalframer.nn.tensor_heads import n_columns
+    from crystalframer.geometry.tensors import n_columns
 
     names = list(data.targets or [])
     if data.columns != columns:
