@@ -12,8 +12,8 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 import crystalframer as cf
-from crystalframer.nn.tensor_heads import (full_to_voigt, isotropic_part, rotate, rotate_voigt, target_kind,
-                                           voigt_to_full)
+from crystalframer.geometry.tensors import full_to_voigt, rotate, rotate_voigt, target_kind, voigt_to_full
+from crystalframer.nn.tensor_heads import isotropic_part
 from tests.helpers import SKEW, change_basis, permute, random_rotation, reimage, supercell
 from tests.helpers import rotate as rotate_structure
 
