@@ -7,17 +7,10 @@ Steps of :func:`build_ecn_graph`:
    keeps the input orientation and the measured geometry (distances are not symmetrised). Distinct
    species vectors (occupancy-weighted rows) are distinct atom types. If spglib finds no cell, the input
    cell is used and ``info["primitive"]`` is False.
-2. **Canonical unit cell** (this library's addition, see ``docs/ecn.md``). ECN groups atoms into 8 copies of the unit cell, so the graph
-   depends on which periodic image of each atom belongs to cell 0, and the cell labels depend on the
-   basis. The paper's code takes the input wrapping as it is, so its predictions change under a rigid
-   translation. Here both are chosen canonically (:func:`canonical_unit_cell`): over every basis related
-   to spglib's by a lattice rotation and every anchor atom of the rarest species, each atom takes its
-   image nearest to the anchor (the Wigner–Seitz cell of the anchor; exact ties go to the smallest
-   fractional offset), and the candidate with the smallest order-free description wins. Decisions use
-   the geometry symmetrized with ``tie_symprec`` (default 1e-3 Å) so that symmetry-equivalent images tie
-   exactly; the real geometry breaks the remaining ties. The graph then does not depend on translation,
-   rotation, atom order or the input cell (tested on real MP/JARVIS structures and Perov-5), unless
-   spglib's symmetry detection itself flips for structures distorted by about ``tie_symprec``.
+2. **Canonical unit cell** (this library's addition; ``docs/ecn.md`` explains why and how). The basis and
+   the image of each atom that forms cell 0 are chosen canonically (:func:`~crystalframer.geometry.cells.
+   canonical_unit_cell`), so the graph does not depend on translation, rotation, atom order or the input
+   cell, unless spglib's symmetry detection itself flips for structures distorted by about ``tie_symprec``.
 3. **Supercell.** 8 copies at ``t_c = c1 l1 + c2 l2 + c3 l3``; node ``8·a + c`` is atom ``a`` in cell
    ``c = 4·c1 + 2·c2 + c3`` (all images of atom 0 first, as in the paper's code).
 4. **Neighbours**, computed once on the primitive cell and copied to the 8 cells with wrap-around (a
