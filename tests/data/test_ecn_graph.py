@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from crystalframer.data.structures import Crystal, to_crystal
 from crystalframer.data.transforms.ecn import ECNGraphTransform, GraphCache, graph_key
 from crystalframer.data.transforms.ecn_graph import ECNGraph, ECNGraphSettings, build_ecn_graph, collate_ecn
 from crystalframer.geometry.cells import N_CELLS
-from crystalframer.data.structures import Crystal, to_crystal
 
 PEROV5 = Path(os.environ.get("CRYSTALFRAMER_SHARED", Path(__file__).resolve().parents[2].parent / "shared")) \
     / "data" / "perov_5" / "test.csv.gz"
