@@ -1,4 +1,8 @@
-"""Batches: crystals as flat tensors (atoms of all structures concatenated) and ECN supercell graphs.\n\nThe networks import these types only; building the batches is the data layer's job (:func:`collate` here,\n:mod:`crystalframer.data.transforms.ecn` for ECN).\n"""
+"""Batches: crystals as flat tensors (atoms of all structures concatenated) and ECN supercell graphs.
+
+The networks import these types only; building the batches is the data layer's job (:func:`collate` here,
+:mod:`crystalframer.data.transforms.ecn` for ECN).
+"""
 
 from __future__ import annotations
 

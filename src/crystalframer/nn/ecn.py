@@ -83,7 +83,7 @@ class GaussianExpansion(nn.Module):
 
 
 class CellEdgeFunction(nn.Module):
-    """ECN's two-layer cell-equivariant edge function φ(v; c_i, c_j) (the paper's two-layer edge function, as in its code).
+    """ECN's two-layer cell-equivariant edge function φ(v; c_i, c_j), as in the paper's code.
 
     Reference form: put v = [h_i ‖ h_j ‖ e_ij] in slot c_j of an 8-slot tensor, apply ``lin1`` and
     ``lin2`` (:class:`CellEquivariantLinear`) with swish after each, read slot c_i

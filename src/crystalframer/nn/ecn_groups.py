@@ -1,4 +1,5 @@
-"""Cell groups of ECN (Kaba & Ravanbakhsh, NeurIPS 2022): permutations of the 8 cells of a 2×2×2 supercell and their colours.
+"""Cell groups of ECN (Kaba & Ravanbakhsh, NeurIPS 2022): permutations of the 8 cells of a 2×2×2 supercell
+and their colours.
 
 The supercell of ECN holds 8 copies of the unit cell, at centring vectors ``t_c = c1 l1 + c2 l2 + c3 l3``
 with ``c ∈ {0,1}^3``. Cell ``c`` has the index ``4·c1 + 2·c2 + c3`` (the convention of

@@ -1,34 +1,39 @@
 """Reading the user's own data → :class:`~crystalframer.data.datasets.CrystalDataset`.
 
-One entry point, :func:`load_dataset`, recognises the source and calls one of:
+One entry point, :func:`load_dataset`, recognises the source and calls the reader of its format
+(modules of :mod:`crystalframer.data.io`):
 
-* :func:`read_csv` — CSV (``.csv``, ``.csv.gz``) with a structure column holding CIF text, POSCAR text,
-  a structure dict (JSON) or a file path relative to the CSV (auto-detected, or ``structure_column``).
-* :func:`read_folder` — a folder of structure files (CIF, POSCAR/``*.vasp``, extxyz, ...) with a cgcnn-style
-  ``id_prop.csv``: no header, column 1 the id or file name (with or without extension), then one or
-  more target columns. Without ``id_prop.csv`` every structure file is read, without targets.
-* :func:`read_ase_db` — an ASE database (``.db``); targets from the row's key-value pairs or data.
-* :func:`read_ase_file` — extxyz (or any multi-frame file ASE reads); targets from ``atoms.info``
-  (or the results ASE moves to ``atoms.calc``, such as ``energy``).
-* :func:`read_json` — a JSON list, JSON lines, or a pandas "split" JSON (the matminer format) of
-  pymatgen ``Structure`` dicts (or entries holding one) plus target keys.
-* :func:`read_dataframe` — a pandas DataFrame (cells may hold ``Structure``/``Atoms`` objects too).
-* :func:`read_structure_list` — a list of structures with targets given as {name: values}.
+* ``read_csv`` (:mod:`~crystalframer.data.io.tables`) — CSV (``.csv``, ``.csv.gz``) with a structure column
+  holding CIF text, POSCAR text, a structure dict (JSON) or a file path relative to the CSV (auto-detected,
+  or ``structure_column``).
+* ``read_folder`` (:mod:`~crystalframer.data.io.folders`) — a folder of structure files (CIF,
+  POSCAR/``*.vasp``, extxyz, ...) with a cgcnn-style ``id_prop.csv``: no header, column 1 the id or file
+  name (with or without extension), then one or more target columns. Without ``id_prop.csv`` every
+  structure file is read, without targets.
+* ``read_ase_db`` (:mod:`~crystalframer.data.io.ase_files`) — an ASE database (``.db``); targets from the
+  row's key-value pairs or data.
+* ``read_ase_file`` (:mod:`~crystalframer.data.io.ase_files`) — extxyz (or any multi-frame file ASE reads);
+  targets from ``atoms.info`` (or the results ASE moves to ``atoms.calc``, such as ``energy``).
+* ``read_json`` (:mod:`~crystalframer.data.io.json_files`) — a JSON list, JSON lines, or a pandas "split"
+  JSON (the matminer format) of pymatgen ``Structure`` dicts (or entries holding one) plus target keys.
+* ``read_dataframe`` (:mod:`~crystalframer.data.io.tables`) — a pandas DataFrame (cells may hold
+  ``Structure``/``Atoms`` objects too).
+* ``read_structure_list`` (:mod:`~crystalframer.data.io.lists`) — a list of structures with targets given
+  as {name: values}.
 
 A multi-block CIF file gives one structure per block, ids ``<file id>#<k>`` with k = 0, 1, ... in file order
 (refused where one row of targets would label them all); a VASP 4 POSCAR without element names is refused.
 Paths given to a reader are relative to the working directory; paths inside a CSV or DataFrame to its
-``base_dir`` (the CSV's folder). Repeated ids are warned about once. Every ``.gz`` variant is accepted. Each entry is validated (see
-:func:`crystalframer.data.structures.to_crystal`); with ``on_error="skip"`` a bad entry (unreadable text,
-overlapping atoms, unknown element, NaN coordinates, unknown split label, ...) is recorded in
-``dataset.errors`` as (index in the source, id, message) and skipped, and everything else is kept. A
-missing or non-numeric target value becomes NaN and the structure is kept. ``on_error="raise"`` raises
-:class:`~crystalframer.data.structures.InvalidStructureError` at the first bad entry.
+``base_dir`` (the CSV's folder). Repeated ids are warned about once. Every ``.gz`` variant is accepted. Each
+entry is validated (see :func:`crystalframer.data.structures.to_crystal`); with ``on_error="skip"`` a bad
+entry (unreadable text, overlapping atoms, unknown element, NaN coordinates, unknown split label, ...) is
+recorded in ``dataset.errors`` as (index in the source, id, message) and skipped, and everything else is
+kept. A missing or non-numeric target value becomes NaN and the structure is kept. ``on_error="raise"``
+raises :class:`~crystalframer.data.structures.InvalidStructureError` at the first bad entry.
 
 ``cache_dir`` stores the parsed data set (see :mod:`crystalframer.data.cache`); it is reused only for the
 same input bytes, reader settings and parser versions.
 """
-
 
 from __future__ import annotations
 
