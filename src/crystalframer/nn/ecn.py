@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crystalframer.data.batch import ECNBatch
-from crystalframer.nn.ecn_groups import N_CELLS, CellEquivariantLinear, CellGroup, canonical_group_name, get_group
+from crystalframer.geometry.cells import N_CELLS
+from crystalframer.nn.ecn_groups import CellEquivariantLinear, CellGroup, canonical_group_name, get_group
 from crystalframer.nn.heads import check_task
 
 #: Width of the species vectors of a batch: occupancies of Z = 1..98.

@@ -30,7 +30,8 @@ from crystalframer.data.transforms.ecn_graph import (
     hubbard_flag,
 )
 
-#: Bump when the stored graph layout or the building rules change (invalidates caches).
+#: Bump when the stored graph layout or a building rule changes (ecn_graph, ecn_neighbours, geometry.cells or
+#: geometry.symmetry): it invalidates the caches.
 SCHEMA_VERSION = 1
 
 
