@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from crystalframer.data import load_dataset, load_shared
-from crystalframer.data.datasets import SHARED_SETS
+from crystalframer.data.sources.shared import SHARED_SETS
 from crystalframer.data.structures import UnphysicalStructureWarning, density, min_distance
 
 

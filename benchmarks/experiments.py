@@ -53,7 +53,8 @@ RUNS = {
 def splits_for(protocol: str):
     import numpy as np
 
-    from crystalframer.data.datasets import load_shared, split_indices
+    from crystalframer.data.sources.shared import load_shared
+    from crystalframer.data.splits import split_indices
     from crystalframer.training.data import Splits
 
     if protocol == "perov_5":

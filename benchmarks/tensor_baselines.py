@@ -1,7 +1,7 @@
 """Dielectric (or elastic) tensors: equivariant frame head vs. direct component regression with rotation augmentation.
 
 Both runs use the same CrystalFramer backbone, sizes, recipe and the seeded 80/10/10 split of the shared set
-(:func:`crystalframer.data.datasets.load_shared`), and the same number of optimizer steps:
+(:func:`crystalframer.data.sources.shared.load_shared`), and the same number of optimizer steps:
 
 * ``direct`` (baseline a): the invariant head regresses the 6 (or 21) independent components of the
   tensor as scalars; each epoch sees every training structure under a fresh random rotation, with the tensor
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crystalframer.data.datasets import load_shared
+from crystalframer.data.sources.shared import load_shared
 from crystalframer.geometry.tensors import VOIGT_PAIRS, column_names, rotate, rotate_voigt
 from crystalframer.training.data import DataSpec, Splits
 from crystalframer.training.metrics import tensor_metrics

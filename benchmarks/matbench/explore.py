@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crystalframer.data.datasets import split_indices
-from crystalframer.data.matbench import kfold_test_indices, load_matbench
+from crystalframer.data.sources.matbench import kfold_test_indices, load_matbench
+from crystalframer.data.splits import split_indices
 from crystalframer.training.data import Splits
 from crystalframer.training.evaluation import predict_crystals
 from crystalframer.training.trainer import TrainConfig, train

@@ -123,7 +123,7 @@ def main() -> None:
     import matgl
     import torch
 
-    from crystalframer.data.matbench import load_matbench
+    from crystalframer.data.sources.matbench import load_matbench
     from crystalframer.training.cv import fold_sets
 
     task = load_matbench(DATA / "matbench_jdft2d.json.gz")

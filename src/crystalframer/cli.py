@@ -326,8 +326,8 @@ def _load_model(path: str, device: str):
 
 
 def _eval_data(args: argparse.Namespace, names: list[str], task: str = "regression"):
-    from crystalframer.data.datasets import SHARED_SETS, load_shared
-    from crystalframer.data.readers import load_dataset
+    from crystalframer.data.io.load import load_dataset
+    from crystalframer.data.sources.shared import SHARED_SETS, load_shared
     from crystalframer.training.data import binarize_targets, binarized_source, select_targets
 
     targets = list(args.targets or names)
@@ -395,7 +395,7 @@ def _read_inputs(paths: Sequence[str]):
     """
     import warnings
 
-    from crystalframer.data.readers import load_dataset
+    from crystalframer.data.io.load import load_dataset
     from crystalframer.data.structures import warn_duplicate_ids
 
     crystals, errors = [], []
@@ -578,7 +578,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         raise SystemExit("error: give the data: --matbench FILE, --data FILE or --dataset NAME --data-root DIR")
     fold_seed = args.fold_seed
     if fold_seed is None:
-        from crystalframer.data.matbench import MATBENCH_SEED
+        from crystalframer.data.sources.matbench import MATBENCH_SEED
 
         fold_seed = MATBENCH_SEED
     res = cross_validate(TrainConfig.from_dict(cfg), args.output, matbench=args.matbench, n_folds=args.n_folds,

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from crystalframer.data import CrystalBatch, CrystalDataset, load_dataset, split_indices
-from crystalframer.data.datasets import TargetStats, normalize_split_label
+from crystalframer.data.datasets import TargetStats
+from crystalframer.data.splits import normalize_split_label
 from crystalframer.data.structures import Crystal
 
 

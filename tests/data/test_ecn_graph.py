@@ -11,16 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from crystalframer.data.ecn_graph import (
-    ECNGraph,
-    ECNGraphSettings,
-    GraphCache,
-    N_CELLS,
-    build_ecn_graph,
-    collate_ecn,
-    graph_key,
-)
 from crystalframer.data.structures import Crystal, to_crystal
+from crystalframer.data.transforms.ecn import ECNGraphTransform, GraphCache, graph_key
+from crystalframer.data.transforms.ecn_graph import ECNGraph, ECNGraphSettings, build_ecn_graph, collate_ecn
+from crystalframer.geometry.cells import N_CELLS
 
 PEROV5 = Path(os.environ.get("CRYSTALFRAMER_SHARED", Path(__file__).resolve().parents[2].parent / "shared")) \
     / "data" / "perov_5" / "test.csv.gz"
@@ -312,7 +306,11 @@ def test_primitive_false_keeps_the_input_cell(basic_crystals):
 def test_disk_cache_round_trip(tmp_path, basic_crystals):
     c = basic_crystals[1]
     settings = ECNGraphSettings()
-    g1 = build_ecn_graph(c, settings, cache=tmp_path)
+
+    def cached() -> ECNGraph:  # a fresh transform each time: no memo, only the disk
+        return ECNGraphTransform(settings, cache_dir=tmp_path, memo_size=0).graph(c)
+
+    g1 = cached()
     key = graph_key(c, settings)
     path = GraphCache(tmp_path).path(key)
     assert path.exists() and not g1.info.get("from_cache")
@@ -320,7 +318,7 @@ def test_disk_cache_round_trip(tmp_path, basic_crystals):
     with np.load(path, allow_pickle=False) as z:  # a safe format: plain arrays and a JSON header
         header = json.loads(bytes(z["header"]).decode())
     assert header["key"] == key and header["schema"] >= 1
-    g2 = build_ecn_graph(c, settings, cache=tmp_path)
+    g2 = cached()
     assert g2.info["from_cache"]
     for name in ("lattice", "positions", "species", "src", "dst", "dist"):
         np.testing.assert_array_equal(getattr(g1, name), getattr(g2, name))
@@ -329,9 +327,27 @@ def test_disk_cache_round_trip(tmp_path, basic_crystals):
     assert graph_key(c, ECNGraphSettings(tol=0.25)) != key
     # a damaged file is a miss and is rewritten
     path.write_bytes(b"not an npz")
-    g3 = build_ecn_graph(c, settings, cache=tmp_path)
+    g3 = cached()
     assert not g3.info.get("from_cache")
-    assert build_ecn_graph(c, settings, cache=tmp_path).info["from_cache"]
+    assert cached().info["from_cache"]
+
+
+def test_memo_reuses_graphs_and_is_not_pickled(basic_crystals, monkeypatch):
+    import pickle
+
+    import crystalframer.data.transforms.ecn as ecn_transform
+
+    built = []
+    real = ecn_transform.build_ecn_graph
+    monkeypatch.setattr(ecn_transform, "build_ecn_graph", lambda c, s: built.append(c.id) or real(c, s))
+    t = ECNGraphTransform(memo_size=1)
+    a, b = basic_crystals[0], basic_crystals[1]
+    t.graph(a)
+    assert t.graph(to_crystal(a, id="renamed")).id == "renamed"  # same structure: memo hit, own id
+    t.graph(b)  # evicts a (memo of one)
+    t.graph(a)
+    assert built == [a.id, b.id, a.id]
+    assert len(t._memo) == 1 and len(pickle.loads(pickle.dumps(t))._memo) == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------

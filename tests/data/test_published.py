@@ -1,4 +1,4 @@
-"""Published sets (spec §8) with small fake jarvis-tools lists: key mapping, filtering, conversion, splits."""
+"""Published sets (Ito et al., ICLR 2025) with small fake jarvis-tools lists: keys, filtering, conversion, splits."""
 
 from __future__ import annotations
 
@@ -10,16 +10,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from crystalframer.data import published as pub
-from crystalframer.data.published import (
-    PUBLISHED_SETS,
-    filter_entries,
-    jarvis_atoms_to_crystal,
-    load_published,
-    load_split_file,
-    official_split_indices,
-    split_published,
-)
+from crystalframer.data.io.jarvis import jarvis_atoms_to_crystal
+from crystalframer.data.sources import published as pub
+from crystalframer.data.sources.published import (PUBLISHED_SETS, filter_entries, load_published, load_split_file,
+                                                  split_published)
+from crystalframer.data.splits import official_split_indices
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*split sizes.*differ:UserWarning")
 
@@ -72,7 +67,7 @@ def test_official_rule_reproduces_published_split_files():
     assert [len(parts[s]) for s in ("train", "val", "test")] == [44578, 5572, 5572]
     used = np.concatenate([parts[s] for s in ("train", "val", "test")])
     assert len(np.unique(used)) == len(used) == 55722  # one entry unused
-    assert parts["train"][:5].tolist() == [45770, 5340, 6395, 3105, 3588]  # spec §8.2: train.pkl
+    assert parts["train"][:5].tolist() == [45770, 5340, 6395, 3105, 3588]  # the first entries of the official train.pkl
     assert parts["train"][-3:].tolist() == [52683, 25057, 2724]
     assert parts["val"][:3].tolist() == [8987, 5323, 18355]
     mp = official_split_indices(69239, PUBLISHED_SETS["jarvis__megnet"].fixed_sizes)

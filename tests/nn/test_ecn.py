@@ -9,19 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from crystalframer.data.ecn_graph import ECNBatch, build_ecn_graph, collate_ecn
+from crystalframer.data.batch import ECNBatch
 from crystalframer.data.structures import to_crystal
+from crystalframer.data.transforms.ecn import ECNGraphTransform
+from crystalframer.data.transforms.ecn_graph import build_ecn_graph, collate_ecn
+from crystalframer.geometry.cells import CELL_COORDS, cell_index
+from crystalframer.models import ECN
 from crystalframer.nn.ecn import CellEdgeFunction, ECNNet, group_period_table
-from crystalframer.nn.ecn_groups import (
-    CELL_COORDS,
-    GROUP_NAMES,
-    CellEquivariantLinear,
-    cell_index,
-    get_group,
-    lattice_point_group,
-    linear_permutation,
-    permute_cells,
-)
+from crystalframer.nn.ecn_groups import (GROUP_NAMES, CellEquivariantLinear, get_group, lattice_point_group,
+                                         linear_permutation, permute_cells)
 from tests.data.test_ecn_graph import PEROV5, monoclinic, moved, perovskite, rock_salt_conventional, supercell
 
 @pytest.fixture(autouse=True)
@@ -154,10 +150,10 @@ def test_group_period_table():
 
 
 def test_config_round_trip_buffers_and_shapes():
-    m = ECNNet(group="p1", n_targets=2, target_names=["a", "b"], **SMALL)
+    m = ECN(group="p1", n_targets=2, target_names=["a", "b"], **SMALL)
     cfg = json.loads(json.dumps(m.config))
     assert cfg["group"] == "p1" and cfg["graph"]["neighbors"] == "isayev" and cfg["graph"]["tol"] == 0.5
-    m2 = ECNNet(**cfg)
+    m2 = ECN(**cfg)
     m2.load_state_dict(m.state_dict())
     assert m.target_mean.shape == (2,) and torch.all(m.target_mean == 0) and torch.all(m.target_std == 1)
     assert "target_mean" in m.state_dict() and "target_std" in m.state_dict()
@@ -171,16 +167,28 @@ def test_config_round_trip_buffers_and_shapes():
     assert emb.shape == (2, SMALL["readout_dim"])
     torch.testing.assert_close(m.head(emb), out)
     with pytest.raises(ValueError):
-        ECNNet(n_targets=2, target_names=["only_one"])
+        ECN(n_targets=2, target_names=["only_one"])
     with pytest.raises(ValueError):
-        ECNNet(edge_function="dense")
-    copy.deepcopy(m)  # the graph memo does not get in the way of copies
+        ECN(edge_function="dense")
+    assert len(copy.deepcopy(m).graphs._memo) == 0 < len(m.graphs._memo)  # copies leave the graph memo behind
+
+
+def test_the_network_runs_on_a_batch_alone():
+    """ECNNet is the network only: its config has no graph settings, and ECN's state_dict is the network's."""
+    torch.manual_seed(0)
+    model = ECN(n_targets=2, graph={"neighbors": "cutoff", "radius": 4.0}, **SMALL).double()
+    net = ECNNet(**{k: v for k, v in model.config.items() if k in ECNNet(**SMALL).config}).double()
+    assert "graph" not in net.config and set(net.config) < set(model.config)
+    net.load_state_dict(model.state_dict())  # strict: the same keys
+    b = ECNGraphTransform({"neighbors": "cutoff", "radius": 4.0})([perovskite(), monoclinic()])
+    with torch.no_grad():
+        torch.testing.assert_close(net(b), model(model.collate([perovskite(), monoclinic()])), rtol=0, atol=0)
 
 
 def test_default_parameter_counts():
-    """Spec B.4: about 3.3M (P1 × S_n) and about 1.0M (S_8 × S_n) parameters at D = 100."""
-    p1 = ECNNet(group="p1").num_parameters()
-    s8 = ECNNet(group="s8")
+    """The paper's sizes: about 3.3M (P1 × S_n) and about 1.0M (S_8 × S_n) parameters at D = 100."""
+    p1 = ECN(group="p1").num_parameters()
+    s8 = ECN(group="s8")
     assert p1 == 3_298_333 and s8.num_parameters() == 994_333
     with torch.no_grad():
         assert s8.embed_batch(s8.collate([perovskite()])).shape == (1, 100)  # (B, width) by default
@@ -188,36 +196,39 @@ def test_default_parameter_counts():
 
 def test_collate_honours_the_graph_settings():
     c = to_crystal(perovskite(), id="p")
-    m = ECNNet(graph={"neighbors": "cutoff", "radius": 4.0}, self_loops=False, **SMALL)
+    m = ECN(graph={"neighbors": "cutoff", "radius": 4.0}, self_loops=False, **SMALL)
     g = build_ecn_graph(c, {"neighbors": "cutoff", "radius": 4.0})
     b = m.collate([c])
     assert b.edge_src.numel() == g.num_edges and float(b.edge_dist.max()) <= 4.0
-    assert ECNNet(**SMALL).collate([c]).edge_src.numel() == build_ecn_graph(c).num_edges + 40  # + self-loops
+    assert ECN(**SMALL).collate([c]).edge_src.numel() == build_ecn_graph(c).num_edges + 40  # + self-loops
 
 
 def test_collate_memoises_graphs(monkeypatch):
-    import crystalframer.nn.ecn as ecn_mod
+    import crystalframer.data.transforms.ecn as ecn_transform
 
     calls = []
-    real = ecn_mod.build_ecn_graph
+    real = ecn_transform.build_ecn_graph
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ecn_mod, "build_ecn_graph", counting)
-    m = ECNNet(**SMALL)
+    monkeypatch.setattr(ecn_transform, "build_ecn_graph", counting)
+    m = ECN(**SMALL)
     c = to_crystal(perovskite(), id="p", targets=[1.0])
     m.collate([c])
     m.collate([to_crystal(perovskite(), id="again", targets=[2.0])])
     assert len(calls) == 1
     b = m.collate([perovskite(), build_ecn_graph(c)])  # pymatgen objects and prebuilt graphs are accepted
     assert b.num_graphs == 2 and len(calls) == 1
+    m.clear_graph_memo()
+    m.collate([c])
+    assert len(calls) == 2
 
 
 def test_options_hubbard_group_period_colour_edges():
     torch.manual_seed(0)
-    m = ECNNet(group="s8", hubbard=True, species_encoding="group_period", edge_function="colour", **SMALL).double()
+    m = ECN(group="s8", hubbard=True, species_encoding="group_period", edge_function="colour", **SMALL).double()
     c0 = to_crystal(perovskite(), id="u0")
     c1 = to_crystal(perovskite(), id="u1")
     c1.info["is_hubbard"] = True
@@ -226,14 +237,9 @@ def test_options_hubbard_group_period_colour_edges():
     assert out.shape == (2, 1) and abs(float(out[0, 0] - out[1, 0])) > 1e-9  # the flag reaches the model
 
 
-def test_works_with_the_library_predictor_mixin():
-    """The user-facing wrapper adds ``predict``/``embed`` methods: no ECN attribute may shadow them."""
-    from crystalframer.models import PredictorMixin
-
-    class _ECN(PredictorMixin, ECNNet):
-        pass
-
-    m = _ECN(n_targets=2, **SMALL)
+def test_predict_and_embed_on_structures():
+    """The user-facing ECN adds ``predict``/``embed``: no network attribute may shadow them."""
+    m = ECN(n_targets=2, **SMALL)
     m.target_mean.fill_(1.0)
     m.target_std.fill_(2.0)
     y = m.predict([perovskite(), monoclinic()])
@@ -245,13 +251,13 @@ def test_works_with_the_library_predictor_mixin():
 
 
 def test_training_recipe():
-    r = ECNNet.training_recipe()
+    r = ECN.training_recipe()
     assert r["optimizer"] == "AdamW" and r["loss"] == "mse" and r["metric"] == "mae"
     assert r["recipe"]["lr"] == 1e-3 and r["recipe"]["batch_size"] == 128 and r["recipe"]["epochs"] == 1000
     assert r["recipe"]["seed"] == 72 and r["recipe"]["drop_last"] and not r["recipe"]["normalize_targets"]
     assert r["lr_schedule"]["factor"] == 0.5 and r["lr_schedule"]["patience"] == 25
     assert r["graph"]["perov_5"]["neighbors"] == "cutoff" and r["graph"]["perov_5"]["radius"] == 5.0
-    assert ECNNet.training_recipe("classification")["loss"] == "bce_with_logits"
+    assert ECN.training_recipe("classification")["loss"] == "bce_with_logits"
     json.dumps(r)
     from crystalframer.training.recipe import Recipe
 
@@ -276,9 +282,9 @@ def _shared_graph_cache(tmp_path_factory):
     _GRAPH_CACHE.clear()
 
 
-def _model(group: str, **kw) -> ECNNet:
+def _model(group: str, **kw) -> ECN:
     torch.manual_seed(3)
-    m = ECNNet(group=group, graph_cache_dir=_GRAPH_CACHE.get("dir"), **{**SMALL, **kw}).double().eval()
+    m = ECN(group=group, graph_cache_dir=_GRAPH_CACHE.get("dir"), **{**SMALL, **kw}).double().eval()
     # random non-trivial weights everywhere (default init leaves some maps close to symmetric)
     with torch.no_grad():
         for p in m.parameters():
@@ -286,7 +292,7 @@ def _model(group: str, **kw) -> ECNNet:
     return m
 
 
-def _predict(m: ECNNet, crystals) -> torch.Tensor:
+def _predict(m: ECN, crystals) -> torch.Tensor:
     with torch.no_grad():
         return m(m.collate(crystals).to("cpu", torch.float64))
 
@@ -400,7 +406,7 @@ def test_perov5_prediction_invariances():
 @pytest.mark.parametrize("group", ["p1", "s8"])
 def test_gradient_steps_reduce_the_loss(group, crystals):
     torch.manual_seed(0)
-    m = ECNNet(group=group, **SMALL)
+    m = ECN(group=group, **SMALL)
     cs = [to_crystal(c, targets=[t]) for c, t in zip(crystals, [1.0, -0.5, 0.3])]
     b = m.collate(cs)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
@@ -421,7 +427,7 @@ def test_gradient_steps_reduce_the_loss(group, crystals):
 def test_bf16_autocast_runs_with_float32_sums(edge_function, crystals):
     """bf16-mixed training: messages and pooling are summed in float32; outputs stay within bf16 rounding."""
     torch.manual_seed(0)
-    m = ECNNet(group="s8", edge_function=edge_function, **SMALL)
+    m = ECN(group="s8", edge_function=edge_function, **SMALL)
     b = m.collate(crystals).to("cpu", torch.float32)
     ref = m(b).detach()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -450,10 +456,10 @@ def test_filter_splits_drops_disconnected_graphs_and_warns():
     ok = [to_crystal(perovskite(), id="p", targets=[1.0])]
     splits = Splits(ok + [_isolated_h("h1")], ok, ok + [_isolated_h("h2")], ["t"], [""])
     with pytest.warns(UserWarning, match=r"\(train\): dropped 1 of 2 .*h1"):
-        out = ECNNet(**SMALL).filter_splits(splits)
+        out = ECN(**SMALL).filter_splits(splits)
     assert [c.id for c in out.train] == ["p"] and [c.id for c in out.test] == ["p"] and len(out.val) == 1
     assert {e[1] for e in out.errors} == {"h1", "h2"}
-    off = ECNNet(drop_disconnected=False, **SMALL)
+    off = ECN(drop_disconnected=False, **SMALL)
     assert off.config["drop_disconnected"] is False
     assert off.filter_splits(splits) is splits
 
@@ -461,7 +467,7 @@ def test_filter_splits_drops_disconnected_graphs_and_warns():
 def test_spglib_failure_warns_and_falls_back_to_the_input_cell(monkeypatch):
     import spglib
 
-    from crystalframer.data.ecn_graph import primitive_cell
+    from crystalframer.data.transforms.ecn_graph import primitive_cell
 
     c = to_crystal(rock_salt_conventional(), id="NaCl-conv")
     monkeypatch.setattr(spglib, "standardize_cell", lambda *a, **k: None)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from crystalframer.cli import main
-from crystalframer.data.matbench import kfold_test_indices, load_matbench, matbench_ids, matbench_task
+from crystalframer.data.sources.matbench import kfold_test_indices, load_matbench, matbench_ids, matbench_task
 from crystalframer.training.cv import JDFT2D_LEADERBOARD, cross_validate, read_fold_file, read_leaderboard
 
 TINY_CV = ["--preset", "quick", "--epochs", "2", "--swa-epochs", "1", "--batch-size", "4", "--frame", "max",

@@ -1,4 +1,8 @@
-"""Batching crystals into flat tensors (atoms of all structures concatenated)."""
+"""Batches: crystals as flat tensors (atoms of all structures concatenated) and ECN supercell graphs.
+
+The networks import these types only; building the batches is the data layer's job (:func:`collate` here,
+:mod:`crystalframer.data.transforms.ecn` for ECN).
+"""
 
 from __future__ import annotations
 
@@ -76,3 +80,56 @@ def collate(crystals: Sequence[Crystal], dtype: torch.dtype = torch.float32) -> 
         y = torch.from_numpy(np.stack([np.asarray(c.targets, np.float64) for c in crystals])).to(dtype)
     return CrystalBatch(lattice=lattice, pos=pos, species=species, batch=batch, ptr=ptr,
                         ids=[c.id for c in crystals], y=y)
+
+
+@dataclass
+class ECNBatch:
+    """B supercell graphs with N nodes and E edges in total (self-loops included when requested).
+
+    Attributes:
+        species: (N, 98) species vector of each node (its unit-cell atom's).
+        cell: (N,) long cell index c ∈ 0..7 of each node.
+        atom: (N,) long batch-global unit-cell atom id (nodes of one atom share it across the 8 cells).
+        hubbard: (B,) Hubbard-U flag per structure.
+        batch: (N,) long structure index of each node.
+        ptr: (B + 1,) long node offsets.
+        edge_src, edge_dst: (E,) long batch-global node ids (message src → dst).
+        edge_dist: (E,) distances, Å (0 for self-loops).
+        edge_identity: (E,) bool, both ends are images of the same unit-cell atom (self-loops included).
+        ids: B structure ids.
+        y: optional (B, n_targets) targets in original units (NaN = missing).
+    """
+
+    species: Tensor
+    cell: Tensor
+    atom: Tensor
+    hubbard: Tensor
+    batch: Tensor
+    ptr: Tensor
+    edge_src: Tensor
+    edge_dst: Tensor
+    edge_dist: Tensor
+    edge_identity: Tensor
+    ids: list[str] = field(default_factory=list)
+    y: Tensor | None = None
+
+    @property
+    def num_graphs(self) -> int:
+        return int(self.ptr.shape[0] - 1)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.cell.shape[0])
+
+    def __len__(self) -> int:
+        return self.num_graphs
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "ECNBatch":
+        """Move to ``device``; ``dtype`` casts the floating tensors (species, hubbard, distances, y)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                v = v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else None)
+            out[f.name] = v
+        return ECNBatch(**out)

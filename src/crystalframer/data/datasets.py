@@ -1,25 +1,21 @@
-"""Data sets of crystals: :class:`CrystalDataset`, splits, target statistics and the shared data sets.
+"""Data sets of crystals: :class:`CrystalDataset`, :class:`DatasetSplits` and target statistics.
 
 A :class:`CrystalDataset` is a list of validated :class:`~crystalframer.data.structures.Crystal` records
 with aligned targets (``(n_targets,)`` float64 per crystal, NaN = missing label), the names of those
 targets, the entries that could not be read (``errors``) and, optionally, a split label per crystal
 ("train", "val" or "test") taken from the input.
 
-Splits. :meth:`CrystalDataset.split` uses the split labels when the data set has them, otherwise a seeded
-random permutation made with Python's :class:`random.Random` (Mersenne Twister, ``Random(seed).shuffle``
-of ``list(range(n))``): the generator the official CrystalFramer scripts use, which gives the same order on
-every platform and Python version. Test = the last ⌊f_test·n⌋ entries of the permutation, val = the
-⌊f_val·n⌋ before them, train = the rest (so no entry is lost; see
-:func:`crystalframer.data.published.official_split_indices` for the official rule that leaves the
-remainder unused).
+Splits. :meth:`CrystalDataset.split` uses the split labels when the data set has them, otherwise the seeded
+random split of :func:`crystalframer.data.splits.split_indices`: test = the last ⌊f_test·n⌋ entries of the
+permutation, val = the ⌊f_val·n⌋ before them, train = the rest (so no entry is lost; see
+:func:`crystalframer.data.splits.official_split_indices` for the official rule that leaves the remainder
+unused).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
@@ -28,17 +24,8 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from crystalframer.data.batch import CrystalBatch, collate
+from crystalframer.data.splits import DEFAULT_FRACTIONS, DEFAULT_SEED, SPLITS, normalize_split_label, split_indices
 from crystalframer.data.structures import Crystal
-
-SPLITS = ("train", "val", "test")
-#: Spellings accepted in a split column (compared lower-case, stripped).
-SPLIT_ALIASES = {
-    "train": "train", "training": "train", "trn": "train",
-    "val": "val", "valid": "val", "validation": "val", "dev": "val",
-    "test": "test", "testing": "test", "tst": "test",
-}
-DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
-DEFAULT_SEED = 123
 
 
 class LoadError(NamedTuple):
@@ -47,59 +34,6 @@ class LoadError(NamedTuple):
     index: int
     id: str
     message: str
-
-
-def normalize_split_label(value: Any) -> str:
-    """Map a split value ('train', 'valid', 'Validation', ...) to 'train' / 'val' / 'test'.
-
-    Raises:
-        ValueError: the value is missing or not a known split name.
-    """
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        raise ValueError("missing split label")
-    key = str(value).strip().lower()
-    if key not in SPLIT_ALIASES:
-        raise ValueError(f"unknown split label {value!r} (expected train, val/valid/validation or test)")
-    return SPLIT_ALIASES[key]
-
-
-def split_indices(n: int, fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = DEFAULT_SEED,
-                  remainder: str = "train") -> dict[str, np.ndarray]:
-    """Seeded random train/val/test indices of ``n`` entries.
-
-    The permutation is ``ids = list(range(n)); random.Random(seed).shuffle(ids)`` (identical to
-    ``random.seed(seed); random.shuffle(ids)`` of the official scripts). With n_val = int(f_val·n) and
-    n_test = int(f_test·n) (float64 products, truncated): test = ids[n − n_test:], val = the n_val entries
-    before it. ``remainder="train"``: train = everything else (ids[:n − n_val − n_test]);
-    ``remainder="unused"``: train = ids[:int(f_train·n)] and the entries in between are left out
-    (the official rule).
-
-    Returns:
-        {"train", "val", "test"} → int64 index arrays, in permutation order.
-    """
-    if len(fractions) != 3:
-        raise ValueError(f"fractions must be (train, val, test), got {fractions!r}")
-    f_train, f_val, f_test = (float(f) for f in fractions)
-    if min(f_train, f_val, f_test) < 0 or f_train + f_val + f_test > 1 + 1e-9:
-        raise ValueError(f"fractions must be >= 0 and sum to at most 1, got {fractions!r}")
-    n_val, n_test = int(f_val * n), int(f_test * n)
-    if remainder == "train":
-        n_train = n - n_val - n_test
-    elif remainder == "unused":
-        n_train = int(f_train * n)
-    else:
-        raise ValueError(f"remainder must be 'train' or 'unused', got {remainder!r}")
-    return _cut(n, n_train, n_val, n_test, seed)
-
-
-def _cut(n: int, n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, np.ndarray]:
-    if n_train + n_val + n_test > n:
-        raise ValueError(f"split sizes {n_train}+{n_val}+{n_test} exceed the {n} entries")
-    ids = list(range(n))
-    random.Random(seed).shuffle(ids)
-    arr = np.asarray(ids, dtype=np.int64)
-    # explicit bounds: the official ids[-n_test:] would return everything when n_test == 0
-    return {"train": arr[:n_train], "val": arr[n - n_test - n_val:n - n_test], "test": arr[n - n_test:]}
 
 
 @dataclass
@@ -157,7 +91,7 @@ def target_stats_of(y: np.ndarray, names: Sequence[str]) -> TargetStats:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(ok, y, 0.0).sum(axis=0) / count
         dev = np.where(ok, y - mean, 0.0)
-        std = np.sqrt((dev * dev).sum(axis=0) / count)  # population std: divide by N (spec §6)
+        std = np.sqrt((dev * dev).sum(axis=0) / count)  # population std (ddof 0): divide by N
     mean = np.where(count > 0, mean, np.nan)
     std = np.where(count > 0, std, np.nan)
     return TargetStats(tuple(names), mean, std, count)
@@ -379,114 +313,3 @@ class DatasetSplits:
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, path)
-
-
-# -- the six data sets of ../shared/data ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SharedSet:
-    """How to read one folder of the shared data: files per split, structure/id columns and targets."""
-
-    files: dict[str, str]  # split → file name; key "" = one file without a split
-    structure_column: str
-    id_column: str
-    targets: tuple[str, ...]
-
-
-SHARED_SETS: dict[str, SharedSet] = {
-    "perov_5": SharedSet({"train": "dev_train.csv.gz", "val": "val.csv.gz", "test": "test.csv.gz"},
-                         "cif", "material_id", ("heat_all",)),
-    "jarvis_supercon": SharedSet({"train": "train.csv.gz", "val": "val.csv.gz", "test": "test.csv.gz"},
-                                 "cif", "material_id", ("prop",)),
-    "carbon_24": SharedSet({"val": "val.csv.gz", "test": "test.csv.gz"}, "cif", "material_id",
-                           ("energy_per_atom",)),
-    "mp_20_subset": SharedSet({"": "mp20_resplit_test_subset.csv.gz"}, "cif", "material_id",
-                              ("formation_energy_per_atom", "band_gap", "e_above_hull")),
-    "mp_elastic_2015": SharedSet({"": "elastic_tensor_2015.json.gz"}, "structure", "material_id",
-                                 ("K_VRH", "G_VRH")),
-    "mp_dielectric_2017": SharedSet({"": "dielectric_constant.json.gz"}, "structure", "material_id",
-                                    ("band_gap",)),
-}
-
-
-def load_shared(name: str, root: str | os.PathLike, split: str | None = None, on_error: str = "skip",
-                cache_dir: str | os.PathLike | None = None, limit: int | None = None,
-                targets: Sequence[str] | None = None,
-                target_shapes: dict[str, Any] | None = None) -> CrystalDataset:
-    """Load one of the real data sets of the shared data folder with its natural targets.
-
-    * perov_5: ``heat_all`` (eV); train = the 1,024-row ``dev_train`` subset, val, test.
-    * jarvis_supercon: ``prop`` (= −Tc, K); train / val / test.
-    * carbon_24: ``energy_per_atom`` (eV/atom); val / test only.
-    * mp_20_subset: ``formation_energy_per_atom``, ``band_gap``, ``e_above_hull``;
-      mp_elastic_2015: ``K_VRH``, ``G_VRH`` (GPa); mp_dielectric_2017: ``band_gap`` (eV, PBE, from the
-      ``structure`` column). These have no split of their own: the file's rows get the seeded
-      80/10/10 split of :func:`split_indices` (seed 123), computed over all rows before parsing.
-
-    CIF cells are kept as given (``primitive=False``, no reduction). Every crystal carries its split label.
-
-    Args:
-        name: one of :data:`SHARED_SETS`.
-        root: the shared data folder (holding ``<name>/``) or the set's own folder.
-        split: None for every available split, or "train" / "val" / "test" (only that part is parsed).
-        on_error, cache_dir: as for :func:`crystalframer.data.readers.load_dataset`.
-        limit: read only the first ``limit`` rows of each split (quick checks); None reads everything.
-        targets: other label columns of the file than the natural targets (e.g. ``e_total``).
-        target_shapes: {target: shape} for tensor-valued columns (e.g. ``{"e_total": "3x3sym"}``, see
-            :mod:`crystalframer.geometry.tensors`): they become flattened columns ``e_total[i,j]``.
-    """
-    import pandas as pd
-
-    from crystalframer.data import readers
-
-    if name not in SHARED_SETS:
-        raise ValueError(f"unknown shared data set {name!r}; known: {', '.join(SHARED_SETS)}")
-    spec = SHARED_SETS[name]
-    root = Path(root)
-    folder = root / name if (root / name).is_dir() else root
-    want = None if split is None else normalize_split_label(split)
-    from crystalframer.data.tensors import expand_targets, flatten_tensor_columns
-
-    wanted = list(targets) if targets is not None else list(spec.targets)
-    kw = dict(targets=expand_targets(wanted, target_shapes), structure_column=spec.structure_column, id_column=spec.id_column,
-              on_error=on_error, cache_dir=cache_dir)
-    if target_shapes and "" not in spec.files:
-        raise ValueError(f"{name} has no tensor-valued targets (target_shapes {dict(target_shapes)})")
-    if "" not in spec.files:
-        splits = [s for s in SPLITS if s in spec.files and (want is None or s == want)]
-        if not splits:
-            raise ValueError(f"{name} has no {want!r} split (available: {', '.join(spec.files)})")
-        parts = []
-        for s in splits:
-            path = folder / spec.files[s]
-            if not path.exists():
-                raise FileNotFoundError(f"{path} not found (shared data set {name})")
-            if limit is None:
-                ds = readers.load_dataset(path, **kw)
-            else:
-                ds = readers.read_dataframe(readers.read_table(path).head(limit), base_dir=folder,
-                                            name=path.name, **kw)
-            ds.split_labels = [s] * len(ds)
-            ds.name = f"{name}[{s}]"
-            parts.append(ds)
-        out = parts[0] if len(parts) == 1 else CrystalDataset.concat(parts, name=name)
-        out.name = name if want is None else f"{name}[{want}]"
-        return out
-    path = folder / spec.files[""]
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found (shared data set {name})")
-    df = readers.read_table(path)
-    if target_shapes:
-        df = flatten_tensor_columns(df, target_shapes)
-    labels = np.empty(len(df), dtype=object)
-    for s, idx in split_indices(len(df), DEFAULT_FRACTIONS, DEFAULT_SEED).items():
-        labels[idx] = s
-    df = df.assign(_split=labels)
-    if want is not None:
-        df = df[df["_split"] == want]
-    if limit is not None:
-        df = df.groupby("_split", sort=False, group_keys=False).head(limit)
-    ds = readers.read_dataframe(pd.DataFrame(df), split_column="_split", base_dir=folder,
-                                name=name if want is None else f"{name}[{want}]", **kw)
-    return ds

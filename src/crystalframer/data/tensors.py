@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from crystalframer.geometry.tensors import column_names, n_columns, target_kind, target_shape
+from crystalframer.geometry.tensors import column_names, n_columns, rotate, rotate_voigt, target_kind, target_shape
 
 
 def tensor_value(v: Any, kind: str, what: str = "value") -> np.ndarray:
@@ -114,8 +114,6 @@ def cartesian_point_group(structure: Any, symprec: float = 1e-3) -> np.ndarray:
 def symmetry_misfit(tensor: np.ndarray, kind: str, rotations: np.ndarray) -> float:
     """max over the operations R of ‖R·T − T‖ / ‖T‖ (0: T respects the point group in this frame)."""
     import torch
-
-    from crystalframer.geometry.tensors import rotate, rotate_voigt
 
     t = torch.as_tensor(np.asarray(tensor, np.float64))
     R = torch.as_tensor(np.asarray(rotations, np.float64))

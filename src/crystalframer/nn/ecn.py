@@ -1,11 +1,12 @@
-"""ECN: Equivariant Crystal Networks (Kaba & Ravanbakhsh, NeurIPS 2022), spec B.1–B.4 and B.8.
+"""ECN: Equivariant Crystal Networks (Kaba & Ravanbakhsh, NeurIPS 2022), the network on an :class:`ECNBatch`.
 
-The input is a 2×2×2 supercell graph of the primitive cell (:mod:`crystalframer.data.ecn_graph`): 8n nodes
+The input is a 2×2×2 supercell graph of the primitive cell (built by :mod:`crystalframer.data.transforms.ecn`;
+:class:`crystalframer.models.ECN` adds graph building and prediction on structures): 8n nodes
 (atom a in cell c), edges from Voronoi/covalent-radius neighbours with wrap-around, plus self-loops. The
 group ``G = G_lat × S_n`` acts on nodes; ``G_lat`` is ``p1`` (``(Z_2)^3``, 8 pair colours) or ``s8`` (all
 permutations of the cells, 2 colours), see :mod:`crystalframer.nn.ecn_groups`.
 
-One layer (spec B.3, following the paper's code):
+One layer (following the paper's code):
 
 * ``v_e = [h_i ‖ h_j ‖ e_ij]`` for an edge j → i (i the receiver);
 * edge function: ``v_e`` is put in the slot of the sender's cell c_j of an 8-slot tensor, two
@@ -28,28 +29,19 @@ embedding 20, no normalisation, no dropout.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crystalframer.data.ecn_graph import (
-    ECNBatch,
-    ECNGraph,
-    ECNGraphSettings,
-    GraphCache,
-    build_ecn_graph,
-    collate_ecn,
-    connected_only,
-    graph_key,
-)
-from crystalframer.data.structures import N_ELEMENTS, Crystal, to_crystal
-from crystalframer.nn.ecn_groups import N_CELLS, CellEquivariantLinear, CellGroup, canonical_group_name, get_group
+from crystalframer.data.batch import ECNBatch
+from crystalframer.geometry.cells import N_CELLS
+from crystalframer.nn.ecn_groups import CellEquivariantLinear, CellGroup, canonical_group_name, get_group
 from crystalframer.nn.heads import check_task
 
+#: Width of the species vectors of a batch: occupancies of Z = 1..98.
+N_ELEMENTS = 98
 SPECIES_ENCODINGS = ("onehot", "group_period")
 EDGE_FUNCTIONS = ("slots", "colour")
 
@@ -92,7 +84,7 @@ class GaussianExpansion(nn.Module):
 
 
 class CellEdgeFunction(nn.Module):
-    """ECN's two-layer cell-equivariant edge function φ(v; c_i, c_j) (spec B.3, "A.4 in practice").
+    """ECN's two-layer cell-equivariant edge function φ(v; c_i, c_j), as in the paper's code.
 
     Reference form: put v = [h_i ‖ h_j ‖ e_ij] in slot c_j of an 8-slot tensor, apply ``lin1`` and
     ``lin2`` (:class:`CellEquivariantLinear`) with swish after each, read slot c_i
@@ -215,7 +207,7 @@ class ECNLayer(nn.Module):
 
 
 class ECNNet(nn.Module):
-    """ECN regression/classification model on supercell graphs; the library's model protocol.
+    """ECN regression/classification network on supercell graphs (:class:`ECNBatch`).
 
     Args:
         group: ``"s8"`` (S_8 × S_n, the paper code's default, alias ``"set"``) or ``"p1"`` (P1 × S_n,
@@ -232,15 +224,8 @@ class ECNNet(nn.Module):
         species_encoding: ``"onehot"`` (98 dims) or ``"group_period"`` (39 dims).
         hubbard: append the structure's Hubbard-U flag to every node input.
         edge_function: ``"slots"`` (paper code) or ``"colour"`` (per-colour MLP).
-        self_loops: add a distance-0 self-loop per node when collating (paper code).
-        graph: :class:`ECNGraphSettings` fields as a dict (default: IsayevNN, tol 0.5 Å, cutoff 6 Å).
-        graph_cache_dir: optional folder for the on-disk graph cache used by :meth:`collate`.
-        graph_memo_size: graphs kept in memory by :meth:`collate` (0 disables), keyed by structure hash.
-        drop_disconnected: apply ECN's dataset filter in training (:meth:`filter_splits`): structures whose
-            graph is not strongly connected are left out of the train, validation and test sets, with a
-            warning giving the count (the paper drops them). Prediction is never filtered.
 
-    ``config`` holds every constructor argument (JSON-able), so ``ECNNet(**model.config)`` rebuilds it.
+    ``config`` holds every constructor argument (JSON-able), so ``ECNNet(**net.config)`` rebuilds it.
     Outputs are on the normalised target scale; the buffers ``target_mean`` / ``target_std`` (filled by
     the trainer) map them back: ``y = out · std + mean``.
     """
@@ -249,10 +234,7 @@ class ECNNet(nn.Module):
                  width: int = 100, edge_dim: int = 20, num_layers: int = 6, num_rbf: int = 20,
                  rbf_max: float = 6.0, rbf_width: float | None = None, readout_dim: int | None = None,
                  species_encoding: str = "onehot", hubbard: bool = False, edge_function: str = "slots",
-                 self_loops: bool = True, graph: dict[str, Any] | None = None,
-                 graph_cache_dir: str | None = None, graph_memo_size: int = 50000,
-                 target_units: Sequence[str] | None = None, task: str = "regression",
-                 drop_disconnected: bool = True):
+                 target_units: Sequence[str] | None = None, task: str = "regression"):
         super().__init__()
         check_task(task)
         group = canonical_group_name(group)
@@ -267,7 +249,6 @@ class ECNNet(nn.Module):
         if len(target_names) != n_targets or len(target_units) != n_targets:
             raise ValueError(f"{len(target_names)} target names and {len(target_units)} units for "
                              f"n_targets={n_targets}")
-        settings = ECNGraphSettings.from_dict(graph)
         readout_dim = int(readout_dim or width)
         self.config: dict[str, Any] = {
             "group": group, "n_targets": int(n_targets),
@@ -276,16 +257,12 @@ class ECNNet(nn.Module):
             "num_rbf": int(num_rbf), "rbf_max": float(rbf_max),
             "rbf_width": None if rbf_width is None else float(rbf_width), "readout_dim": readout_dim,
             "species_encoding": species_encoding, "hubbard": bool(hubbard), "edge_function": edge_function,
-            "self_loops": bool(self_loops), "graph": settings.to_dict(),
-            "graph_cache_dir": None if graph_cache_dir is None else str(graph_cache_dir),
-            "graph_memo_size": int(graph_memo_size), "task": task, "drop_disconnected": bool(drop_disconnected),
+            "task": task,
         }
         self.task = task
         self.group = get_group(group)
         self.n_targets = int(n_targets)
         self.target_names = self.config["target_names"]
-        self.graph_settings = settings
-        self.self_loops = bool(self_loops)
         self.use_hubbard = bool(hubbard)
         self.species_encoding = species_encoding
 
@@ -303,71 +280,6 @@ class ECNNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(readout_dim, readout_dim), nn.SiLU(), nn.Linear(readout_dim, n_targets))
         self.register_buffer("target_mean", torch.zeros(n_targets))
         self.register_buffer("target_std", torch.ones(n_targets))
-
-        self._memo: OrderedDict[str, ECNGraph] = OrderedDict()
-        self._cache = GraphCache(graph_cache_dir) if graph_cache_dir else None
-
-    # ------------------------------------------------------------------------------------------------------------
-    # data
-
-    def build_graph(self, crystal: Crystal | Any) -> ECNGraph:
-        """The supercell graph of one structure under this model's graph settings (memoised, cached)."""
-        if not isinstance(crystal, Crystal):
-            crystal = to_crystal(crystal)
-        memo_size = self.config["graph_memo_size"]
-        key = graph_key(crystal, self.graph_settings)
-        g = self._memo.get(key)
-        if g is None:
-            g = build_ecn_graph(crystal, self.graph_settings, cache=self._cache)
-            if memo_size > 0:
-                self._memo[key] = g
-                while len(self._memo) > memo_size:
-                    self._memo.popitem(last=False)
-        else:
-            self._memo.move_to_end(key)
-        return replace(g, id=crystal.id, targets=crystal.targets)
-
-    def collate(self, crystals: Sequence[Crystal | ECNGraph | Any]) -> ECNBatch:
-        """Build (or reuse) the graphs of ``crystals`` and batch them (float64; ``.to(device, dtype)`` casts).
-
-        Items may also be prebuilt :class:`ECNGraph` objects, or anything :func:`to_crystal` reads.
-        """
-        graphs = [c if isinstance(c, ECNGraph) else self.build_graph(c) for c in crystals]
-        return collate_ecn(graphs, dtype=torch.float64, self_loops=self.self_loops)
-
-    def prepare(self, crystals: Sequence[Crystal | Any]) -> list[ECNGraph]:
-        """Build the graphs of many structures ahead of training (fills the memo and the disk cache).
-
-        Graph building (spglib + Voronoi) costs about 0.05–0.15 s per small structure, so build once:
-        DataLoader workers that are not persistent start with an empty memo, use ``graph_cache_dir``
-        for them. The returned graphs carry ``connected`` (ECN's dataset filter drops the others).
-        """
-        return [self.build_graph(c) for c in crystals]
-
-    def filter_splits(self, splits: Any) -> Any:
-        """ECN's dataset filter on a trainer's ``Splits`` (train, val, test): without
-        ``drop_disconnected`` the splits are returned unchanged; otherwise structures with disconnected
-        graphs are removed from each split (:func:`~crystalframer.data.ecn_graph.connected_only`, which warns
-        with the count), and the dropped ids are recorded in ``splits.errors``.
-        """
-        if not self.config.get("drop_disconnected", True):
-            return splits
-        errors = list(splits.errors)
-        parts = {}
-        for name in ("train", "val", "test"):
-            kept, dropped = connected_only(getattr(splits, name), self.build_graph, name)
-            parts[name] = kept
-            errors += [(-1, i, f"{name}: ECN graph not strongly connected (dropped)") for i in dropped]
-        return replace(splits, errors=errors, **parts)
-
-    def clear_graph_memo(self) -> None:
-        self._memo.clear()
-
-    def __getstate__(self) -> dict:
-        # the graph memo is a cache: do not copy it into pickles (DataLoader workers, deepcopy)
-        state = self.__dict__.copy()
-        state["_memo"] = OrderedDict()
-        return state
 
     # ------------------------------------------------------------------------------------------------------------
     # model
@@ -405,45 +317,6 @@ class ECNNet(nn.Module):
     def forward(self, batch: ECNBatch) -> Tensor:
         """(B, n_targets) predictions on the normalised target scale."""
         return self.head(self.embed_batch(batch))
-
-    # ------------------------------------------------------------------------------------------------------------
-    # training
-
-    @classmethod
-    def training_recipe(cls, task: str = "regression") -> dict[str, Any]:
-        """ECN's own training recipe (spec B.4) as a plain dict.
-
-        * ``"recipe"``: the settings that map onto the library trainer's ``Recipe`` fields (AdamW lr 1e-3,
-          weight decay 1e-15 on every parameter, batch 128 with the last partial batch dropped, 1000
-          epochs, no SWA, no clipping, MSE, no target scaling, seed 72, the plateau schedule below); the
-          trainer's ``ecn`` preset.
-        * ``"lr_schedule"``: ReduceLROnPlateau on validation MAE (factor 0.5, patience 25, min lr 1e-6);
-          training stops once the lr reaches 1e-6.
-        * ``"metric"`` and ``"checkpoint"``: MAE, best-validation checkpoint kept.
-        * ``"graph"``: graph settings per dataset (IsayevNN for MP 2021.05, 5 Å cutoff for Perov-5).
-
-        Args:
-            task: ``"regression"`` (MSE) or ``"classification"`` (BCE with logits; metal = gap > 1e-5 eV,
-                the metric is the recall of each class, which the paper calls "precision").
-        """
-        if task not in ("regression", "classification"):
-            raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
-        return {
-            "recipe": {
-                "batch_size": 128, "epochs": 1000, "swa_epochs": 0, "lr": 1e-3, "betas": [0.9, 0.999],
-                "eps": 1e-8, "weight_decay": 1e-15, "bias_weight_decay": 1e-15, "schedule": "plateau",
-                "plateau_factor": 0.5, "plateau_patience": 25, "min_lr": 1e-6,
-                "clip_norm": None, "loss": "mse", "normalize_targets": False, "drop_last": True, "seed": 72,
-            },
-            "optimizer": "AdamW",
-            "loss": "mse" if task == "regression" else "bce_with_logits",
-            "lr_schedule": {"name": "reduce_on_plateau", "monitor": "val_mae", "mode": "min", "factor": 0.5,
-                            "patience": 25, "min_lr": 1e-6, "stop_when_lr_at_most": 1e-6},
-            "metric": "mae" if task == "regression" else "per_class_recall",
-            "checkpoint": "best_val_metric",
-            "dropout": 0.0,
-            "graph": {"mp_2021_05": ECNGraphSettings().to_dict(), "perov_5": ECNGraphSettings.perov5().to_dict()},
-        }
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

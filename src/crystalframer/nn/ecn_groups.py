@@ -1,8 +1,9 @@
-"""Cell groups of ECN (spec B.3): permutations of the 8 cells of a 2×2×2 supercell and their colours.
+"""Cell groups of ECN (Kaba & Ravanbakhsh, NeurIPS 2022): permutations of the 8 cells of a 2×2×2 supercell
+and their colours.
 
 The supercell of ECN holds 8 copies of the unit cell, at centring vectors ``t_c = c1 l1 + c2 l2 + c3 l3``
-with ``c ∈ {0,1}^3``. Cell ``c`` has the index ``4·c1 + 2·c2 + c3`` (the same convention as
-:mod:`crystalframer.data.ecn_graph`), so a lattice translation by ``t`` acts on indices as ``i ↦ i XOR t``.
+with ``c ∈ {0,1}^3``. Cell ``c`` has the index ``4·c1 + 2·c2 + c3`` (the convention of
+:mod:`crystalframer.geometry.cells`), so a lattice translation by ``t`` acts on indices as ``i ↦ i XOR t``.
 
 A :class:`CellGroup` is a group ``G_lat`` of permutations of the 8 cells, given by generators. Its
 **colour matrix** ``C`` (8, 8) labels every ordered cell pair by its orbit under the diagonal action
@@ -33,28 +34,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-N_CELLS = 8
-
-#: (8, 3) int: the cell coordinates c = (c1, c2, c3) of cell index 4·c1 + 2·c2 + c3.
-CELL_COORDS = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(N_CELLS)], dtype=np.int64)
+from crystalframer.geometry.cells import CELL_COORDS, N_CELLS, cell_index
 
 Permutation = tuple[int, ...]
 
 #: Group name → canonical name.
 ALIASES = {"ptriclinic": "p1", "triclinic": "p1", "set": "s8", "symmetric": "s8"}
 
-#: Bravais lattice names (spec B.3 table) besides p1; each gets its own point group.
+#: Bravais lattice names besides p1; each gets its own point group.
 BRAVAIS = ("pmonoclinic", "cmonoclinic", "porthorhombic", "corthorhombic", "borthorhombic", "forthorhombic",
            "ptetragonal", "btetragonal", "prhombohedral", "phexagonal", "pcubic", "bcubic", "fcubic")
 
 #: Every group name accepted by :func:`get_group`.
 GROUP_NAMES = ("p1", "s8") + BRAVAIS
-
-
-def cell_index(c: np.ndarray | tuple[int, int, int]) -> np.ndarray | int:
-    """Cell coordinates (..., 3) in {0,1} (any integers: reduced mod 2) → index 4·c1 + 2·c2 + c3."""
-    c = np.asarray(c) % 2
-    return 4 * c[..., 0] + 2 * c[..., 1] + c[..., 2]
 
 
 def translation_generators() -> list[Permutation]:
@@ -181,7 +173,7 @@ def colour_matrix(generators: list[Permutation]) -> np.ndarray:
 def mixing_tensor(C: np.ndarray) -> np.ndarray:
     """(K, K, K) counts N[κ, k', k] = #{b : C[a, b] = k', C[b, c] = k} for any pair (a, c) of colour κ.
 
-    The two-layer edge function of spec B.3 evaluates h1[b] = f(W1[C[b, c_j]] v) at 8 slots; h1[b] takes
+    The two-layer edge function of ECN evaluates h1[b] = f(W1[C[b, c_j]] v) at 8 slots; h1[b] takes
     only K distinct values u_k, so the receiver's sum Σ_b W2[C[c_i, b]] h1[b] equals
     Σ_{k', k} N[κ(c_i, c_j), k', k] W2[k'] u_k. N depends only on the colour of (c_i, c_j) because
     b ↦ g b is a bijection; this is checked here.

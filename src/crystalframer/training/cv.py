@@ -1,6 +1,6 @@
 """k-fold cross-validation: one model (or a small seed ensemble) per fold, each fold's test rows predicted once.
 
-Protocol. The rows are cut into k test folds (seeded :func:`~crystalframer.data.matbench.kfold_test_indices`,
+Protocol. The rows are cut into k test folds (seeded :func:`~crystalframer.data.sources.matbench.kfold_test_indices`,
 the official Matbench folds, or a JSON file of ids per fold). For fold k the model trains on the other folds
 only; its validation rows (for the best-epoch checkpoint and for choosing settings) are drawn, seeded, from
 those training rows, never from fold k. The test rows of fold k are predicted once, by the final model (the
@@ -38,8 +38,9 @@ import numpy as np
 
 from crystalframer.atomic import atomic_open
 from crystalframer.checkpoint import jsonable, library_version
-from crystalframer.data.datasets import CrystalDataset, split_indices
-from crystalframer.data.matbench import MATBENCH_SEED, kfold_test_indices, load_matbench, matbench_ids
+from crystalframer.data.datasets import CrystalDataset
+from crystalframer.data.sources.matbench import MATBENCH_SEED, kfold_test_indices, load_matbench, matbench_ids
+from crystalframer.data.splits import split_indices
 from crystalframer.data.structures import Crystal
 
 __all__ = ["CVResult", "cross_validate", "fold_sets", "read_fold_file", "fold_metrics", "read_leaderboard",
@@ -100,7 +101,7 @@ def fold_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
 def fold_sets(crystals: Sequence[Crystal], test_ids: Sequence[str], fold: int, val_fraction: float = 0.1,
               val_seed: int = 0) -> tuple[list[Crystal], list[Crystal], list[Crystal]]:
     """(train, val, test) crystals of one fold: test = ``test_ids`` in that order; val = a seeded share
-    ``val_fraction`` of the other rows (:func:`~crystalframer.data.datasets.split_indices` with seed
+    ``val_fraction`` of the other rows (:func:`~crystalframer.data.splits.split_indices` with seed
     ``val_seed + fold``); train = the rest, in data order."""
     by_id = {c.id: c for c in crystals}
     test = set(test_ids)
@@ -183,7 +184,7 @@ def _dataset_crystals(spec) -> tuple[list[Crystal], list[str], list[tuple[int, s
     from crystalframer.training.data import _load_file, select_targets
 
     if spec.dataset:
-        from crystalframer.data.datasets import load_shared
+        from crystalframer.data.sources.shared import load_shared
 
         if not spec.root:
             raise ValueError(f"shared data set {spec.dataset!r} needs a data root (--data-root)")

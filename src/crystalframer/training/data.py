@@ -57,8 +57,8 @@ class DataSpec:
     """Where the data comes from (JSON-able; stored in the run's config).
 
     Exactly one of:
-        dataset + root: a shared data set (``crystalframer.data.datasets.SHARED_SETS``), e.g. perov_5.
-        source: a file or folder for ``crystalframer.data.readers.load_dataset`` (split by its split
+        dataset + root: a shared data set (``crystalframer.data.sources.shared.SHARED_SETS``), e.g. perov_5.
+        source: a file or folder for ``crystalframer.data.io.load.load_dataset`` (split by its split
             column when it has one, else randomly with ``split_fractions`` and ``split_seed``).
         train (+ val, test): one file or folder per split.
 
@@ -155,13 +155,13 @@ class Splits:
 
 def _load_file(path: str, targets: list[str] | None, options: dict[str, Any],
                target_shapes: dict[str, str] | None = None):
-    from crystalframer.data.readers import load_dataset
+    from crystalframer.data.io.load import load_dataset
 
     kw = dict(options)
     if target_shapes:  # tensor-valued columns of one table: flatten them, then read as usual
         from pathlib import Path
 
-        from crystalframer.data.readers import read_dataframe, read_table
+        from crystalframer.data.io.tables import read_dataframe, read_table
         from crystalframer.data.tensors import expand_targets, flatten_tensor_columns
 
         df = flatten_tensor_columns(read_table(path), target_shapes)
@@ -232,7 +232,7 @@ def resolve_data(spec: DataSpec) -> Splits:
     """Load and split the data described by ``spec`` (every rank calls this; it is deterministic)."""
     errors: list[tuple[int, str, str]] = []
     if spec.dataset:
-        from crystalframer.data.datasets import load_shared
+        from crystalframer.data.sources.shared import load_shared
 
         if not spec.root:
             raise ValueError(f"shared data set {spec.dataset!r} needs a data root (--data-root)")

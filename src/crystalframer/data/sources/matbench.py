@@ -15,11 +15,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from crystalframer.data.datasets import CrystalDataset
+from crystalframer.data.io.load import load_dataset
 from crystalframer.data.structures import Crystal
 
 __all__ = ["MATBENCH_SEED", "MATBENCH_FOLDS", "kfold_test_indices", "matbench_task", "matbench_ids",
@@ -120,8 +120,6 @@ def load_matbench(path: str | os.PathLike, on_error: str = "skip",
 
     Rows that cannot be read are reported in ``dataset.errors`` (with their Matbench id) and skipped.
     """
-    from crystalframer.data.readers import load_dataset
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Matbench file {path} not found")

@@ -1,4 +1,4 @@
-"""The published benchmark data sets of CrystalFramer (spec §8), read through jarvis-tools.
+"""The published benchmark data sets of CrystalFramer (Ito et al., ICLR 2025), read through jarvis-tools.
 
 Each *target set* (the official ``data/<target_set>`` name) is one jarvis-tools list
 (``jarvis.db.figshare.data(name)``) with some label keys renamed:
@@ -31,7 +31,7 @@ filtered).
 
 Splits: the official index files ``data/splits/<target_set>/{train,val,test}.pkl`` (1-D int64 arrays of
 indices into the unfiltered list; read with a restricted unpickler that only rebuilds numpy arrays) when
-all three are given, otherwise the official rule of :func:`official_split_indices`.
+all three are given, otherwise the official rule of :func:`crystalframer.data.splits.official_split_indices`.
 
 Structures that fail validation (:func:`~crystalframer.data.structures.to_crystal`) are reported in
 ``dataset.errors`` (index = position in the unfiltered list) and removed *after* the split is made, so
@@ -56,8 +56,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from crystalframer.data import cache as _cache
-from crystalframer.data.datasets import SPLITS, CrystalDataset, LoadError, normalize_split_label, split_indices
-from crystalframer.data.structures import Crystal, InvalidStructureError, to_crystal
+from crystalframer.data.datasets import CrystalDataset, LoadError
+from crystalframer.data.io.jarvis import jarvis_atoms_to_crystal
+from crystalframer.data.splits import SPLITS, normalize_split_label, official_split_indices
+from crystalframer.data.structures import InvalidStructureError
 
 PathLike = str | os.PathLike
 
@@ -122,25 +124,6 @@ MATFORMER_URLS = {
 
 
 # -- split rule and split files ---------------------------------------------------------------------------
-
-
-def official_split_indices(n: int, sizes: tuple[int, int, int] | None = None, seed: int = 123) -> dict[str, np.ndarray]:
-    """The official split of ``n`` kept entries (``get_id_train_val_test`` of the official scripts).
-
-    ``random.seed(seed); ids = list(range(n)); random.shuffle(ids)``; without ``sizes``:
-    n_train = int((1 − 0.1 − 0.1)·n), n_val = n_test = int(0.1·n) (float64 products, truncated);
-    train = ids[:n_train], val = ids[−(n_val + n_test):−n_test], test = ids[−n_test:]. Entries in between
-    are unused (one for dft_3d_2021: n = 55723 gives 44578/5572/5572). MEGNet uses sizes (60000, 5000, 4239).
-
-    Returns:
-        {"train", "val", "test"} → int64 positions in the filtered list, in shuffled order.
-    """
-    if sizes is None:
-        val_ratio = test_ratio = 0.1
-        return split_indices(n, (1 - val_ratio - test_ratio, val_ratio, test_ratio), seed, remainder="unused")
-    from crystalframer.data.datasets import _cut
-
-    return _cut(n, int(sizes[0]), int(sizes[1]), int(sizes[2]), seed)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -208,36 +191,6 @@ def valid_label(v: Any) -> bool:
     if isinstance(v, (float, np.floating)):
         return math.isfinite(float(v))
     return False
-
-
-def jarvis_atoms_to_crystal(atoms: Mapping[str, Any], id: str, targets: Sequence[float] | None = None,
-                            strip_elements: bool = True) -> Crystal:
-    """A jarvis ``Atoms`` dict (``lattice_mat`` rows Å, ``coords``, ``elements``, ``cartesian``) → Crystal.
-
-    Reproduces ``Atoms(...).pymatgen_converter().cart_coords``: fractional coordinates are ``coords``
-    (or ``coords @ inv(lattice_mat)`` when Cartesian) and positions = frac @ lattice_mat, no wrapping.
-    """
-    try:
-        lat = np.asarray(atoms["lattice_mat"], dtype=np.float64)
-        coords = np.asarray(atoms["coords"], dtype=np.float64)
-        elements = list(atoms["elements"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise InvalidStructureError(id, f"not a jarvis atoms dict ({type(e).__name__}: {e})") from e
-    if lat.shape != (3, 3):
-        raise InvalidStructureError(id, f"lattice_mat must be 3x3, got shape {lat.shape}")
-    coords = coords.reshape(-1, 3) if coords.size else np.zeros((0, 3))
-    if len(elements) != len(coords):
-        raise InvalidStructureError(id, f"{len(elements)} elements for {len(coords)} coordinates")
-    if strip_elements:
-        elements = [str(e).strip() for e in elements]
-    if atoms.get("cartesian", False):
-        try:
-            frac = coords @ np.linalg.inv(lat)
-        except np.linalg.LinAlgError as e:
-            raise InvalidStructureError(id, "singular lattice (zero cell volume)") from e
-    else:
-        frac = coords
-    return to_crystal({"lattice": lat, "cart_coords": frac @ lat, "species": elements}, id=id, targets=targets)
 
 
 @lru_cache(maxsize=4096)
