@@ -259,7 +259,8 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     return {k: v for k, v in ckpt.items() if k != "state_dict"}
 
 
-def build_model(ckpt: Mapping[str, Any], model_class: type | None = None, source: str = "checkpoint") -> torch.nn.Module:
+def build_model(ckpt: Mapping[str, Any], model_class: type | None = None,
+                source: str = "checkpoint") -> torch.nn.Module:
     """Rebuild a model from a checkpoint dict: ``cls(**config)`` then ``load_state_dict`` (strict)."""
     name = ckpt["model_class"]
     cls = model_class

@@ -259,9 +259,9 @@ def assert_gradients_match(model: torch.nn.Module, structures: Sequence[Any], on
     """Autograd agrees with central finite differences for the model's outputs w.r.t. its parameters.
 
     The directional derivative of Σ outputs along a random direction of the parameters, in float64 on a copy
-    of the model. ``only``: which parameters (by name) the direction moves, default all (e.g. a frame method's
-    parameters, see :func:`frame_parameter_names`: their only path to the outputs is through the frame axes, so a frame method that declares
-    ``differentiable`` but detaches its axes fails, since autograd then misses the whole derivative).
+    of the model. ``only``: which parameters (by name) the direction moves, default all. Restricted to a frame
+    method's own parameters (see :func:`frame_modules`), whose only path to the outputs is through the frame
+    axes, a method that declares ``differentiable`` but detaches its axes fails: no gradient reaches them.
 
     Raises:
         AssertionError with both derivatives when they differ by more than ``rtol`` (relative).

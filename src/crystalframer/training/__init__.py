@@ -34,7 +34,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("evaluate_crystals", "predict_crystals"), "crystalframer.training.evaluation"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["PRESETS", "Recipe", "RunResult", "TrainConfig", "WeightAverager", "build_optimizer", "build_scheduler",
+           "evaluate_crystals", "get_recipe", "in_swa_phase", "inverse_sqrt_factor", "masked_loss", "param_groups",
+           "population_stats", "predict_crystals", "regression_metrics", "train"]
 
 
 def __getattr__(name: str) -> Any:
