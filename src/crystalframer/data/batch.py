@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ class CrystalBatch:
         ptr: (B + 1,) long, atom offsets: atoms of structure s are ``ptr[s]:ptr[s+1]``.
         ids: B structure ids.
         y: optional (B, n_targets) targets in original units (NaN = missing).
+        sphere: optional sphere images computed beforehand (``geometry.images.SphereCandidates``, on the CPU),
+            e.g. by ``CrystalFramer.collate`` in a DataLoader worker; the model searches them itself otherwise.
     """
 
     lattice: Tensor
@@ -33,6 +35,7 @@ class CrystalBatch:
     ptr: Tensor
     ids: list[str] = field(default_factory=list)
     y: Tensor | None = None
+    sphere: Any = None
 
     @property
     def num_graphs(self) -> int:
