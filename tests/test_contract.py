@@ -159,6 +159,12 @@ def test_transforms_describe_the_same_crystal():
     assert {t.name for t in CELL} == {"reimage", "change_basis", "supercell"}
 
 
+def test_crystalformer_is_checked_for_everything():
+    model = tiny("none")
+    assert model_promises(model) == {"equivariant", "cell_invariant"}
+    assert_invariant(model, structures())
+
+
 def test_promise_lookup_reads_class_and_instance_attributes():
     cls = type("P", (), {"cell_invariant": True, "differentiable": False})
     assert promises(cls) == {"cell_invariant"}

@@ -181,10 +181,12 @@ def frame_modules(model: torch.nn.Module) -> dict[str, Any]:
 
 def model_promises(model: torch.nn.Module) -> frozenset[str]:
     """What the model's frame methods promise, as built (an instance may narrow or widen its class's
-    promises for its options): the promises every frame module of the model makes."""
+    promises for its options): the promises every frame module of the model makes. A CrystalFramer with
+    ``frame="none"`` (Crystalformer) is rotation and cell invariant; other models without frame modules
+    promise nothing beyond :data:`ALWAYS` here."""
     mods = list(frame_modules(model).values())
-    if not mods:  # no frames (Crystalformer, ECN): distances only, invariant by construction
-        return frozenset({"equivariant", "cell_invariant"})
+    if not mods:  # Crystalformer (frame="none"): distances within a sphere only, invariant by construction
+        return frozenset({"equivariant", "cell_invariant"}) if getattr(model, "frame", None) == "none" else frozenset()
     return frozenset.intersection(*(promises(m) for m in mods))
 
 
