@@ -10,7 +10,9 @@ method, the median over rounds of its step time divided by the ``none`` step of 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import statistics
 import time
 
@@ -25,6 +27,9 @@ def main(argv=None) -> None:
     ap.add_argument("--fixed-cutoff", type=float, default=None,
                     help="also time each frame method with this fixed sphere radius (Å), e.g. 6.928, the "
                          "default before the σ-following sphere (rows NAME@R)")
+    ap.add_argument("--worker-images", action="store_true",
+                    help="also time each σ-following model on a batch that carries its sphere images, searched "
+                         "beforehand as a DataLoader worker does (rows NAME+img); prints the search time")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -42,23 +47,38 @@ def main(argv=None) -> None:
             name = frame if cutoff is None else f"{frame}@{cutoff:g}"
             models[name] = cf.CrystalFramer(frame=frame, cutoff=cutoff).train()
             models[name](batch)  # freezes the σ normalisation, as after the first training step
+    batches = {name: batch for name in models}
+    result = {"rounds": args.rounds, "threads": args.threads, "numba": numba_enabled(), "frames": {}}
+    if args.worker_images:
+        from crystalframer.geometry.images import sphere_candidates
+
+        for name in list(models):
+            radius = models[name].image_radius()
+            t = time.perf_counter()
+            with_images = dataclasses.replace(batch, sphere=sphere_candidates(batch.lattice, batch.pos, batch.ptr,
+                                                                              radius))
+            search_s = time.perf_counter() - t
+            models[f"{name}+img"], batches[f"{name}+img"] = models[name], with_images
+            result.setdefault("image_search_s", {})[name] = search_s
+            print(f"  sphere images of {name} up to {radius:g} Å (the worker's part): {search_s:.3f} s")
     frames = list(models)
 
-    def step(model) -> float:
+    def step(name: str) -> float:
+        model = models[name]
         model.zero_grad(set_to_none=True)
         t = time.perf_counter()
-        (model(batch) - 0.1).abs().mean().backward()
+        (model(batches[name]) - 0.1).abs().mean().backward()
         return time.perf_counter() - t
 
-    for model in models.values():  # warm-up: kernels compiled or loaded, allocator primed
-        step(model), step(model)
+    for name in frames:  # warm-up: kernels compiled or loaded, allocator primed
+        step(name), step(name)
     times = {f: [] for f in frames}
     for _ in range(args.rounds):
         for f in frames:
-            times[f].append(step(models[f]))
-    print(f"batch48 fwd+bwd, {args.rounds} interleaved rounds, {args.threads} threads, "
+            times[f].append(step(f))
+    result["load_average"] = list(os.getloadavg())
+    print(f"batch48 fwd+bwd, {args.rounds} interleaved rounds, {args.threads} threads, load {os.getloadavg()[0]:.1f}, "
           f"Numba {'on' if numba_enabled() else 'off'}")
-    result = {"rounds": args.rounds, "threads": args.threads, "numba": numba_enabled(), "frames": {}}
     for f in frames:
         t = times[f]
         ratio = statistics.median(a / b for a, b in zip(t, times["none"]))

@@ -5,14 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-
-def random_rotation(seed: int) -> np.ndarray:
-    """A random proper rotation (det = +1) from a random unit quaternion."""
-    q = np.random.default_rng(seed).normal(size=4)
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+from crystalframer.testing import random_rotation  # noqa: F401  (re-exported for the tests)
 
 
 def rotate(s: Structure, R: np.ndarray) -> Structure:

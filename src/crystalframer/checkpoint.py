@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 import torch
 
+from crystalframer._version import __version__
 from crystalframer.atomic import atomic_open
 
 FORMAT = "crystalframer-checkpoint"
@@ -54,21 +55,8 @@ class CheckpointError(ValueError):
 
 
 def library_version() -> str:
-    """Version of the installed crystalframer package ("unknown" when it cannot be determined)."""
-    try:
-        import crystalframer
-
-        v = getattr(crystalframer, "__version__", None)
-        if v:
-            return str(v)
-    except Exception:  # noqa: BLE001 - a partially importable package must not stop saving
-        pass
-    try:
-        from importlib.metadata import version
-
-        return version("crystalframer")
-    except Exception:  # noqa: BLE001
-        return "unknown"
+    """Version of this crystalframer package (read from its own module: importing it loads nothing else)."""
+    return __version__
 
 
 def jsonable(obj: Any) -> Any:
@@ -271,7 +259,8 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     return {k: v for k, v in ckpt.items() if k != "state_dict"}
 
 
-def build_model(ckpt: Mapping[str, Any], model_class: type | None = None, source: str = "checkpoint") -> torch.nn.Module:
+def build_model(ckpt: Mapping[str, Any], model_class: type | None = None,
+                source: str = "checkpoint") -> torch.nn.Module:
     """Rebuild a model from a checkpoint dict: ``cls(**config)`` then ``load_state_dict`` (strict)."""
     name = ckpt["model_class"]
     cls = model_class

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_argument_group("data (one of --dataset, --data, --train)")
     g.add_argument("--dataset", help="shared data set name (perov_5, mp_20_subset, jarvis_supercon, ...)")
     g.add_argument("--data-root", help="folder holding the shared data sets")
-    g.add_argument("--data", help="file or folder for load_dataset (CSV, JSON, extxyz, ASE db, CIF folder + id_prop.csv)")
+    g.add_argument("--data", help="file or folder for load_dataset (CSV, JSON, extxyz, ASE db, CIF folder + "
+                                   "id_prop.csv)")
     g.add_argument("--train", dest="train_path", help="training file/folder (with --val/--test)")
     g.add_argument("--val", dest="val_path", help="validation file/folder")
     g.add_argument("--test", dest="test_path", help="test file/folder")
@@ -198,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --output folder that already holds one, replacing its files")
 
-    e = sub.add_parser("evaluate", help="score a checkpoint on labelled data (MAE, RMSE, R²; accuracy, ROC-AUC for classifiers)")
+    e = sub.add_parser("evaluate", help="score a checkpoint on labelled data (MAE, RMSE, R²; accuracy, ROC-AUC "
+                                        "for classifiers)")
     e.add_argument("checkpoint")
     e.add_argument("data", nargs="?", help="shared data set name (with --data-root) or a file/folder for load_dataset")
     e.add_argument("--dataset", help="shared data set name (same as giving it as DATA)")

@@ -12,12 +12,14 @@ Every model class follows one protocol, which the trainer, the checkpoint code a
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from crystalframer.data.structures import Crystal, read_structures
+from crystalframer.geometry.images import IMAGE_TOL, pool_radius, sphere_candidates
 from crystalframer.nn.ecn import ECNNet
 from crystalframer.nn.heads import to_target_units
 from crystalframer.nn.model import CrystalFramerNet
@@ -96,10 +98,34 @@ class CrystalFramer(PredictorMixin, CrystalFramerNet):
     every hyperparameter.
     """
 
-    def collate(self, crystals: Sequence[Crystal]):
+    def image_radius(self) -> float | None:
+        """The largest sphere radius (Å) this model's forward can ask for (None with the box images): the fixed
+        ``cutoff``, or the σ-following pool's radius at σ_max = r0 / √sigma_lb, the bound of the σ
+        parametrisation (ρ > sigma_lb)."""
+        c = self.config
+        if c["images"] != "sphere":
+            return None
+        if c["cutoff"] is not None:
+            return float(c["cutoff"])
+        return pool_radius(c["r0"] / math.sqrt(c["sigma_lb"]), c.get("image_tol", IMAGE_TOL))
+
+    def collate(self, crystals: Sequence[Crystal], images: bool | None = None):
+        """Crystals → :class:`~crystalframer.data.batch.CrystalBatch`.
+
+        ``images``: also search the sphere images up to :meth:`image_radius` (they depend only on the
+        structures), so that the forward pass only selects from them. Default: in DataLoader workers only,
+        where it runs beside the training step; in the main process the forward searches just the radius it
+        needs.
+        """
         from crystalframer.data.batch import collate
 
-        return collate(crystals)
+        batch = collate(crystals)
+        if images is None:
+            images = torch.utils.data.get_worker_info() is not None
+        radius = self.image_radius()
+        if images and radius is not None:
+            batch.sphere = sphere_candidates(batch.lattice, batch.pos, batch.ptr, radius)
+        return batch
 
 
 class ECN(PredictorMixin, ECNNet):

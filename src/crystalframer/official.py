@@ -45,8 +45,8 @@ def load_official_checkpoint(path_or_state_dict: str | os.PathLike | Mapping[str
         frame: frame method; default ``"max"`` when angular projections are present, else ``"none"``.
         basis_window: evaluate the published basis windows. Default: True for frame models (the framed
             kernel) and False for the baseline (its own kernel evaluates all 64 Gaussians). Note that the
-            released ``train.py`` runs "Crystalformer" through the framed kernel (spec §12 item 3): pass
-            True to reproduce that.
+            released ``train.py`` runs "Crystalformer" through the framed kernel too (with its basis
+            windows): pass True to reproduce that.
         images: ``"box"`` (default here: the released shift-box rule, for numerical parity) or ``"sphere"``.
         frame_noise: tie-breaking noise (published 1e-5; 0 for the deterministic tie order).
         target_mean, target_std: target normalisation of the run, if known (default 0 and 1: outputs on

@@ -153,7 +153,8 @@ def test_cv_command_resumes_and_keeps_test_rows_out(tmp_path, monkeypatch):
         assert set(rec["train_ids"]) | set(rec["val_ids"]) | test == set(labels)
         assert f["true"] == [labels[x] for x in f["ids"]]
         err = np.abs(np.array(f["predictions"]) - np.array(f["true"]))
-        assert f["metrics"]["mae"] == pytest.approx(err.mean()) and f["metrics"]["max_error"] == pytest.approx(err.max())
+        assert f["metrics"]["mae"] == pytest.approx(err.mean())
+        assert f["metrics"]["max_error"] == pytest.approx(err.max())
         assert f["n_val"] == 1 and f["wall_s"] > 0 and f["cpu_s"] > 0
         seen += f["ids"]
     assert sorted(seen) == sorted(labels)  # every row predicted exactly once

@@ -233,7 +233,8 @@ def test_ecn_trains_with_the_common_trainer_and_keeps_its_own_sizes(splits, tmp_
     with_h = dataclasses.replace(splits, train=splits.train + [_isolated_h()])
     with pytest.warns(UserWarning, match=rf"\(train\): dropped 1 of {len(splits.train) + 1} .*Hbox"):
         result = train(cfg, splits=with_h, verbose=False)
-    assert json.loads((tmp_path / "ecn" / "config.json").read_text())["resolved"]["split_sizes"]["train"] == len(splits.train)
+    resolved = json.loads((tmp_path / "ecn" / "config.json").read_text())["resolved"]
+    assert resolved["split_sizes"]["train"] == len(splits.train)
     model = result.model
     assert isinstance(model, ECN) and len(model.layers) == 6  # ECN's default depth, not the preset's 2
     assert all(np.isfinite(h["train_loss"]) for h in result.history)

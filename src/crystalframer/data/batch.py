@@ -7,7 +7,7 @@ The networks import these types only; building the batches is the data layer's j
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,8 @@ class CrystalBatch:
         ptr: (B + 1,) long, atom offsets: atoms of structure s are ``ptr[s]:ptr[s+1]``.
         ids: B structure ids.
         y: optional (B, n_targets) targets in original units (NaN = missing).
+        sphere: optional sphere images computed beforehand (``geometry.images.SphereCandidates``, on the CPU),
+            e.g. by ``CrystalFramer.collate`` in a DataLoader worker; the model searches them itself otherwise.
     """
 
     lattice: Tensor
@@ -37,6 +39,7 @@ class CrystalBatch:
     ptr: Tensor
     ids: list[str] = field(default_factory=list)
     y: Tensor | None = None
+    sphere: Any = None
 
     @property
     def num_graphs(self) -> int:

@@ -147,8 +147,40 @@ def _pad(per_atom: list[dict], n_atoms: int, device, dtype, mask_heads: int | No
     return {k: v.to(device) for k, v in out.items()}
 
 
-def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chunk: int = 1_000_000) -> Images:
-    """Every image within ``cutoff`` Å of each atom, the self image included (selection in float64).
+@dataclass
+class SphereCandidates:
+    """Every image within ``radius`` Å of each atom of a batch, as flat lists in slot order (what
+    :func:`sphere_images` packs into padded slots). Depends only on the structures and the radius, so a
+    DataLoader worker can compute it (:func:`sphere_candidates`) and the model restrict it to the radius it
+    needs (:meth:`within`), which gives exactly the images of that radius.
+
+    Attributes:
+        radius: Å. ptr: (B + 1,) atom offsets of the batch.
+        i, j: (E,) long, centre atom and neighbour of each image, in (i, j, lexicographic n) order.
+        vec: (E, 3) float64 r = p_j + nᵀT − p_i, Å. d2: (E,) float64 |r|².
+        shift: (E, 3) long, n relative to the raw positions.
+    """
+
+    radius: float
+    ptr: Tensor
+    i: Tensor
+    j: Tensor
+    vec: Tensor
+    d2: Tensor
+    shift: Tensor
+
+    def within(self, radius: float) -> "SphereCandidates":
+        """The images within ``radius`` <= ``self.radius`` Å (same selection rule, same order)."""
+        if radius > self.radius:
+            raise ValueError(f"the sphere candidates reach {self.radius} Å, {radius} Å asked for")
+        keep = self.d2 <= radius * radius
+        return SphereCandidates(radius, self.ptr, self.i[keep], self.j[keep], self.vec[keep], self.d2[keep],
+                                self.shift[keep])
+
+
+def sphere_candidates(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float,
+                      chunk: int = 1_000_000) -> SphereCandidates:
+    """Every image within ``cutoff`` Å of each atom, the self image included (selection in float64, on the CPU).
 
     Differences p_j − p_i are first reduced to the nearest image, so the result does not depend on which
     periodic image of each atom is given. All structures of the batch are handled together: each pair (i, j)
@@ -159,12 +191,11 @@ def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chun
         lattice: (B, 3, 3), pos: (N, 3), ptr: (B + 1,).
         cutoff: radius in Å.
     """
-    device, dtype = pos.device, pos.dtype
     lat = lattice.detach().to("cpu", torch.float64)
     p64 = pos.detach().to("cpu", torch.float64)
     ptr_c = ptr.cpu()
     sizes = ptr_c[1:] - ptr_c[:-1]
-    N, B = p64.shape[0], lat.shape[0]
+    B = lat.shape[0]
     R = torch.floor(cutoff / plane_spacings(lat) + 0.5 + 1e-9).long().amax(0)  # (3,) over the batch
     shifts = lexicographic_shifts(R)  # (S, 3)
     S = shifts.shape[0]
@@ -174,9 +205,9 @@ def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chun
     c2 = cutoff * cutoff
 
     # All pairs (i, j) of each structure, i-major, processed in chunks.
-    pair_i, pair_j, pair_off = pair_list(ptr_c)
+    pair_i, pair_j, _ = pair_list(ptr_c)
     P = pair_i.shape[0]
-    E_p, E_s, E_vec, E_m = [], [], [], []
+    E_p, E_s, E_vec, E_d2, E_m = [], [], [], [], []
     step = max(1, chunk // S)
     for c0 in range(0, P, step):
         pi, pj = pair_i[c0:c0 + step], pair_j[c0:c0 + step]
@@ -190,9 +221,22 @@ def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chun
         E_p.append(pp + c0)
         E_s.append(ss)
         E_vec.append(vec[pp, ss])
+        E_d2.append(d2[pp, ss])
         E_m.append(m[pp].long())
     ep, es = torch.cat(E_p), torch.cat(E_s)
-    ei, ej = pair_i[ep], pair_j[ep]
+    return SphereCandidates(float(cutoff), ptr_c, pair_i[ep], pair_j[ep], torch.cat(E_vec), torch.cat(E_d2),
+                            shifts[es] - torch.cat(E_m))
+
+
+def pack_images(cand: SphereCandidates, dtype: torch.dtype, device) -> Images:
+    """Padded per-atom slots (:class:`Images`) of sphere candidates; padding is the atom itself at distance 0."""
+    ptr_c = cand.ptr.cpu()
+    sizes = ptr_c[1:] - ptr_c[:-1]
+    N, B = int(ptr_c[-1]), sizes.shape[0]
+    struct = torch.repeat_interleave(torch.arange(B), sizes)  # (N,)
+    pair_i, pair_j, pair_off = pair_list(ptr_c)
+    P = pair_i.shape[0]
+    ei, ej = cand.i.cpu(), cand.j.cpu()
     counts = torch.bincount(ei, minlength=N)
     first = torch.cumsum(counts, 0) - counts
     slot = torch.arange(ei.shape[0]) - first[ei]
@@ -200,9 +244,9 @@ def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chun
     j = torch.arange(N)[:, None].repeat(1, M)
     j[ei, slot] = ej
     vec = torch.zeros(N, M, 3, dtype=torch.float64)
-    vec[ei, slot] = torch.cat(E_vec)
+    vec[ei, slot] = cand.vec.cpu()
     shift = torch.zeros(N, M, 3, dtype=torch.long)
-    shift[ei, slot] = shifts[es] - torch.cat(E_m)
+    shift[ei, slot] = cand.shift.cpu()
     mask = torch.zeros(N, M, dtype=torch.bool)
     mask[ei, slot] = True
     if P <= N * M:
@@ -214,6 +258,21 @@ def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chun
     vec = vec.to(dtype)
     return Images(j=j.to(device), vec=vec.to(device), d2=(vec * vec).sum(-1).to(device), mask=mask.to(device),
                   shift=shift.to(device), pair=pair.to(device), pair_i=pair_i.to(device), pair_j=pair_j.to(device))
+
+
+def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chunk: int = 1_000_000,
+                  candidates: SphereCandidates | None = None) -> Images:
+    """Every image within ``cutoff`` Å of each atom, the self image included, as padded slots (:class:`Images`
+    in the dtype and on the device of ``pos``); see :func:`sphere_candidates`.
+
+    ``candidates``: sphere candidates of this batch computed beforehand (e.g. in a DataLoader worker) for a
+    radius >= ``cutoff``; used instead of searching the images again (same result, bit for bit).
+    """
+    if candidates is not None and candidates.radius >= cutoff:
+        cand = candidates.within(cutoff)
+    else:
+        cand = sphere_candidates(lattice, pos, ptr, cutoff, chunk)
+    return pack_images(cand, pos.dtype, pos.device)
 
 
 def official_box_radius(sigma: Tensor, lattice_atoms: Tensor, cutoff_sigma: float = 3.5,
@@ -337,6 +396,16 @@ def restrict(img: Images, keep: Tensor) -> Images:
     return out
 
 
+#: rounding of the pool radius of :class:`SpherePool`, Å
+POOL_STEP = 0.5
+
+
+def pool_radius(sigma_max: float, tol: float = IMAGE_TOL, step: float = POOL_STEP) -> float:
+    """The largest radius a :class:`SpherePool` asks for when every σ is below ``sigma_max`` Å: the σ-following
+    radius k · σ_max rounded up to ``step``, as the pool rounds it."""
+    return math.ceil(sphere_factor(tol) * sigma_max / step + 1e-9) * step
+
+
 class SpherePool:
     """Sphere images of one batch for per-atom radii that are known only layer by layer (σ-following sphere).
 
@@ -347,11 +416,14 @@ class SpherePool:
     Args:
         lattice: (B, 3, 3); pos: (N, 3); ptr: (B + 1,); dist_basis: the model's distance basis module.
         tol: tail tolerance (:func:`tail_factor`); step: rounding of the pool radius, Å.
+        candidates: the batch's sphere candidates computed beforehand for a radius that covers every layer
+            (:func:`pool_radius`), or None to search the images here.
     """
 
     def __init__(self, lattice: Tensor, pos: Tensor, ptr: Tensor, dist_basis, tol: float = IMAGE_TOL,
-                 step: float = 0.5):
+                 step: float = POOL_STEP, candidates: SphereCandidates | None = None):
         self.lattice, self.pos, self.ptr, self.dist_basis = lattice, pos, ptr, dist_basis
+        self.candidates = candidates
         self.k = sphere_factor(tol)
         self.step = step
         self.radius = 0.0
@@ -365,7 +437,8 @@ class SpherePool:
         if self.images is None or need > self.radius:
             with torch.no_grad(), torch.autocast(self.pos.device.type, enabled=False):
                 self.radius = math.ceil(need / self.step + 1e-9) * self.step
-                self.images = sphere_images(self.lattice, self.pos, self.ptr, self.radius)
+                self.images = sphere_images(self.lattice, self.pos, self.ptr, self.radius,
+                                            candidates=self.candidates)
                 self.basis = self.dist_basis(self.images.d2.sqrt())
         img = self.images
         keep = img.mask & (img.d2.to(torch.float64) <= (r * r)[:, None].to(img.d2.device))

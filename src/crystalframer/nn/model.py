@@ -193,13 +193,15 @@ class CrystalFramerNet(nn.Module):
         with torch.no_grad(), torch.autocast(batch.pos.device.type, enabled=False):
             pool = None
             if self.config["images"] == "sphere" and self.config["cutoff"] is not None:
-                img = sphere_images(batch.lattice, batch.pos, batch.ptr, self.config["cutoff"])
+                img = sphere_images(batch.lattice, batch.pos, batch.ptr, self.config["cutoff"],
+                                    candidates=getattr(batch, "sphere", None))
                 dist = self.dist_basis(img.d2.sqrt())
             else:
                 img, dist = None, None
                 if self.config["images"] == "sphere":  # σ-following: each layer takes its radius from the pool
                     pool = SpherePool(batch.lattice, batch.pos, batch.ptr, self.dist_basis,
-                                      self.config.get("image_tol", IMAGE_TOL))
+                                      self.config.get("image_tol", IMAGE_TOL),
+                                      candidates=getattr(batch, "sphere", None))
         return Geometry(images=img, dist_basis=dist, lattice=batch.lattice, pos=batch.pos, batch=batch.batch,
                         ptr=batch.ptr, pool=pool, species=batch.species)
 

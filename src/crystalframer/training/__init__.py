@@ -7,27 +7,45 @@ Python API::
                                preset="quick", output="runs/perov"))
     result.metrics["swa"]["test"]["heat_all"]["mae"]
 
-Lightning is imported lazily, so ``import crystalframer.training`` stays cheap.
+Every name loads on first use (PEP 562), so ``import crystalframer.training`` imports neither torch nor
+Lightning.
 """
 
-from crystalframer.training.metrics import masked_loss, population_stats, regression_metrics
-from crystalframer.training.recipe import (PRESETS, Recipe, build_optimizer, build_scheduler, get_recipe,
-                                           in_swa_phase, inverse_sqrt_factor, param_groups)
-from crystalframer.training.swa import WeightAverager
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time the names load lazily
+    from crystalframer.training.evaluation import evaluate_crystals, predict_crystals
+    from crystalframer.training.metrics import masked_loss, population_stats, regression_metrics
+    from crystalframer.training.recipe import (PRESETS, Recipe, build_optimizer, build_scheduler, get_recipe,
+                                               in_swa_phase, inverse_sqrt_factor, param_groups)
+    from crystalframer.training.swa import WeightAverager
+    from crystalframer.training.trainer import RunResult, TrainConfig, train
+
+# public name -> defining module
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("masked_loss", "population_stats", "regression_metrics"), "crystalframer.training.metrics"),
+    **dict.fromkeys(("PRESETS", "Recipe", "build_optimizer", "build_scheduler", "get_recipe", "in_swa_phase",
+                     "inverse_sqrt_factor", "param_groups"), "crystalframer.training.recipe"),
+    "WeightAverager": "crystalframer.training.swa",
+    **dict.fromkeys(("RunResult", "TrainConfig", "train"), "crystalframer.training.trainer"),
+    **dict.fromkeys(("evaluate_crystals", "predict_crystals"), "crystalframer.training.evaluation"),
+}
 
 __all__ = ["PRESETS", "Recipe", "RunResult", "TrainConfig", "WeightAverager", "build_optimizer", "build_scheduler",
            "evaluate_crystals", "get_recipe", "in_swa_phase", "inverse_sqrt_factor", "masked_loss", "param_groups",
            "population_stats", "predict_crystals", "regression_metrics", "train"]
 
 
-def __getattr__(name: str):
-    # Lightning-dependent pieces load on first use.
-    if name in ("TrainConfig", "RunResult", "train"):
-        from crystalframer.training import trainer
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-        return getattr(trainer, name)
-    if name in ("evaluate_crystals", "predict_crystals"):
-        from crystalframer.training import evaluation
 
-        return getattr(evaluation, name)
-    raise AttributeError(f"module 'crystalframer.training' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -279,7 +279,8 @@ def _fold_job(job: Mapping[str, Any]) -> dict[str, Any]:
         val = (res.metrics.get("best" if job["select"] == "best" else final) or {}).get("val") or {}
         p = predict_crystals(model, test_set, int(job["eval_batch_size"]), "cpu")
         preds.append(p.y_pred[:, 0])
-        members.append({"seed": cfg.recipe["seed"], "predictions": p.y_pred[:, 0].tolist(), "val_mae": (val.get(names[0]) or {}).get("mae"),
+        members.append({"seed": cfg.recipe["seed"], "predictions": p.y_pred[:, 0].tolist(),
+                        "val_mae": (val.get(names[0]) or {}).get("mae"),
                         "best_epoch": res.metrics.get("best_epoch"), "epochs": res.metrics.get("epochs"),
                         "fit_time_s": res.metrics.get("fit_time_s"), "wall_s": time.perf_counter() - tj})
     y_pred = np.mean(np.stack(preds), axis=0)
@@ -349,14 +350,17 @@ def _summary_md(results: Mapping[str, Any], name: str, board: Mapping[str, tuple
     for k, f in results["folds"].items():
         m = f["metrics"]
         vm = f"{f['val_mae']:.2f}" if f.get("val_mae") is not None else "-"
-        lines.append(f"| {k} | {m['n']} | {m['mae']:.2f} | {m['rmse']:.2f} | {m['max_error']:.1f} | {vm} | {f['wall_s']:.0f} | {f.get('cpu_s') or 0:.0f} |")
+        lines.append(f"| {k} | {m['n']} | {m['mae']:.2f} | {m['rmse']:.2f} | {m['max_error']:.1f} | {vm} | "
+                     f"{f['wall_s']:.0f} | {f.get('cpu_s') or 0:.0f} |")
     s = results["metrics"]
     lines.append(f"| **mean ± std** | {s['n']} | **{s['mae_mean']:.2f} ± {s['mae_std']:.2f}** | "
-                 f"{s['rmse_mean']:.2f} | {s['max_error_max']:.1f} | | {results['wall_s']:.0f} | {results['cpu_s']:.0f} |")
+                 f"{s['rmse_mean']:.2f} | {s['max_error_max']:.1f} | | {results['wall_s']:.0f} | "
+                 f"{results['cpu_s']:.0f} |")
     lines += ["", f"Total: {results['wall_s']:.0f} s of fold time, {results['cpu_s']:.0f} s of CPU time "
               f"({results['run_wall_s']:.0f} s wall for the command); std over folds with ddof 0 (as Matbench).", ""]
     if board:
-        lines += [f"## Beside the published leaderboard (mean ± std over folds of the test MAE{', ' + unit if unit else ''})", "",
+        lines += ["## Beside the published leaderboard (mean ± std over folds of the test MAE"
+                  f"{', ' + unit if unit else ''})", "",
                   "| algorithm | MAE |", "|---|---|"]
         entries = [(k, v[0], v[1], False) for k, v in board.items()]
         entries.append((f"**crystalframer {name} (this run)**", s["mae_mean"], s["mae_std"], True))
@@ -386,7 +390,8 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
                    data: Sequence[Crystal] | CrystalDataset | None = None, n_folds: int = 5,
                    fold_seed: int | None = MATBENCH_SEED, fold_file: str | os.PathLike | None = None,
                    folds: Sequence[int] | None = None, val_fraction: float = 0.1, val_seed: int = 0,
-                   ensemble: int = 1, select: str = "final", jobs: int = 1, leaderboard: str | os.PathLike | None = None,
+                   ensemble: int = 1, select: str = "final", jobs: int = 1,
+                   leaderboard: str | os.PathLike | None = None,
                    name: str | None = None, command: str = "", verbose: bool = True) -> CVResult:
     """k-fold cross-validation of a model configuration.
 
@@ -545,7 +550,8 @@ def _write_results(run_dir: Path, d: _Data, key: str, settings: dict[str, Any], 
         "settings": {**jsonable(settings), "command": command, "settings_key": key},
         "versions": {"crystalframer": library_version(), "torch": torch.__version__,
                      "numpy": np.__version__, "python": ".".join(map(str, __import__("sys").version_info[:3]))},
-        "machine": {"cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "machine": {"cpu_count": os.cpu_count(),
+                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "skipped": [list(e) for e in d.skipped],
     }
     with atomic_open(run_dir / "results.json", "w") as f:

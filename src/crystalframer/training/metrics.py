@@ -173,7 +173,8 @@ def population_stats(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def tensor_metrics(t_true: np.ndarray, t_pred: np.ndarray, thresholds: Sequence[float] = (0.25, 0.10, 0.05)) -> dict[str, float]:
+def tensor_metrics(t_true: np.ndarray, t_pred: np.ndarray,
+                   thresholds: Sequence[float] = (0.25, 0.10, 0.05)) -> dict[str, float]:
     """Errors of predicted tensors as in GMTNet (Yan et al., "A space group symmetry informed network for O(3)
     equivariant crystal tensor prediction", ICML 2024): Frobenius-norm error and EwT.
 

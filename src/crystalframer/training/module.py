@@ -1,10 +1,10 @@
 """Lightning wrapper of any protocol model (``crystalframer.models``) with the published training step.
 
-One training step (spec §7): forward → masked L1 on normalised targets → backward → clip the global
-gradient norm to 1.0 → AdamW step → SWA update during the last ``swa_epochs`` epochs, LR-schedule step
-otherwise. Optimisation is manual so that the order of these operations, the frozen LR during SWA and the
-NaN guard (skip a step whose gradient norm is not finite) are exactly what the recipe says, on one device
-and under DDP alike.
+One training step, as in the released CrystalFramer code: forward → masked L1 on normalised targets →
+backward → clip the global gradient norm to 1.0 → AdamW step → SWA update during the last ``swa_epochs``
+epochs, LR-schedule step otherwise. Optimisation is manual so that the order of these operations, the frozen
+LR during SWA and the NaN guard (skip a step whose gradient norm is not finite) are exactly what the recipe
+says, on one device and under DDP alike.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ __all__ = ["CrystalPropertyModule", "calibrate", "rng_state", "set_rng_state"]
 def calibrate(model: torch.nn.Module, train: Sequence[Any], recipe: Recipe) -> None:
     """Run the model once in training mode on the first global batch of epoch 0 (no gradient).
 
-    Models that freeze statistics on their first training batch (CrystalFramer's σ normalisation,
-    spec §3.2) thus freeze them on the same structures on every DDP rank, and on the same ones as a
-    single-device run would. ``model.calibrate(batch)`` is used when the model defines it.
+    Models that freeze statistics on their first training batch (CrystalFramer's σ normalisation) thus
+    freeze them on the same structures on every DDP rank, and on the same ones as a single-device run
+    would. ``model.calibrate(batch)`` is used when the model defines it.
     """
     from crystalframer.training.data import EpochShardSampler
 

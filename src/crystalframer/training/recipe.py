@@ -1,6 +1,6 @@
 """The published training recipe (optimizer, LR schedule, SWA, presets), free of Lightning.
 
-Everything here follows the official CrystalFramer code (spec §6–7):
+Everything here follows the official CrystalFramer code (Ito et al., ICLR 2025; its released training script):
 
 * AdamW, lr 5e-4, betas (0.9, 0.98), eps 1e-8, two parameter groups: ``decay`` (every trainable parameter
   whose name does not contain "bias", weight decay 1e-5) and ``nodecay`` (the biases). The official code

@@ -227,7 +227,8 @@ def check_model_task(model: torch.nn.Module, recipe: Recipe) -> str:
 
 
 @torch.no_grad()
-def set_target_normalisation(model: torch.nn.Module, train: Sequence[Crystal], normalize: bool = True) -> tuple[list[float], list[float]]:
+def set_target_normalisation(model: torch.nn.Module, train: Sequence[Crystal],
+                             normalize: bool = True) -> tuple[list[float], list[float]]:
     """Write the training split's mean and population std into ``model.target_mean/target_std``.
 
     ``normalize=False`` writes 0 and 1 (the model then learns the raw targets). Returns (mean, std).
@@ -371,7 +372,8 @@ def _write_config(run_dir: Path, config: TrainConfig, recipe: Recipe, model: tor
         "split_sizes": splits.sizes(), **extra,
     })
     doc["versions"] = {"crystalframer": library_version(), "torch": torch.__version__,
-                       "lightning": _lightning_version(), "python": ".".join(map(str, __import__("sys").version_info[:3]))}
+                       "lightning": _lightning_version(),
+                       "python": ".".join(map(str, __import__("sys").version_info[:3]))}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(doc, indent=2, default=str))
     try:
@@ -439,7 +441,8 @@ def train(config: TrainConfig | Mapping[str, Any], resume: bool | str = False, s
     ckpt_path: Path | None = None
     resume_ckpt: dict[str, Any] | None = None
     if resume:
-        ckpt_path = Path(resume) if isinstance(resume, str) and Path(resume).is_file() else run_dir / "checkpoints" / "last.ckpt"
+        ckpt_path = (Path(resume) if isinstance(resume, str) and Path(resume).is_file()
+                     else run_dir / "checkpoints" / "last.ckpt")
         if not ckpt_path.is_file():
             if main and verbose:
                 print(f"no checkpoint at {ckpt_path}: starting the run from scratch")
@@ -483,7 +486,8 @@ def train(config: TrainConfig | Mapping[str, Any], resume: bool | str = False, s
     # classification: the head outputs logits of the raw 0/1 labels
     mean, std = set_target_normalisation(model, splits.train, recipe.normalize_targets and task == "regression")
 
-    steps_per_epoch = len(splits.train) // recipe.batch_size if recipe.drop_last else math.ceil(len(splits.train) / recipe.batch_size)
+    steps_per_epoch = (len(splits.train) // recipe.batch_size if recipe.drop_last
+                       else math.ceil(len(splits.train) / recipe.batch_size))
     run_info = {"data": config.data.to_dict() if isinstance(config.data, DataSpec) else config.data,
                 "preset": config.preset, "recipe": recipe.to_dict(), "split_sizes": splits.sizes(),
                 "target_mean": mean, "target_std": std, "seed": recipe.seed, "data_sha256": data_sha256}
@@ -645,7 +649,8 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
                 unit = units[k] if k < len(units) else ""
                 lines.append(f"{split} {which:>4} {t}: {format_target_metrics(res[t], unit)}")
     if metrics.get("best_epoch", -1) >= 0:
-        lines.append(f"best epoch {metrics['best_epoch'] + 1} (val loss {metrics.get('best_val_loss', float('nan')):.6g}); "
+        lines.append(f"best epoch {metrics['best_epoch'] + 1} "
+                     f"(val loss {metrics.get('best_val_loss', float('nan')):.6g}); "
                      f"{metrics.get('epochs')} epochs, {metrics.get('global_steps')} steps, "
                      f"{metrics.get('fit_time_s', 0):.1f} s")
     return "\n".join(lines)
