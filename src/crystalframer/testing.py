@@ -202,7 +202,7 @@ def _rotate_value(value: np.ndarray, rot: np.ndarray, kind: str) -> np.ndarray:
     if kind in ("3x3", "3x3sym"):
         return rot @ value @ rot.T
     if kind == "6x6":
-        from crystalframer.nn.tensor_heads import rotate_voigt
+        from crystalframer.geometry.tensors import rotate_voigt
 
         return rotate_voigt(torch.as_tensor(value), torch.as_tensor(rot)).numpy()
     raise ValueError(f"no rotation rule for target kind {kind!r}")
