@@ -25,7 +25,7 @@ from torch import Tensor
 from crystalframer.frames.rotations import gram_schmidt
 from crystalframer.frames.ties import lattice_frame_set, warn_once
 from crystalframer.geometry.images import lexicographic_shifts, plane_spacings
-from crystalframer.geometry.symmetry import species_types
+from crystalframer.geometry.symmetry import primitive_standard_cell, species_types
 
 #: Global-frame constructions: the paper's QR (default), polar and PCA frames, the cell-invariant reduced
 #: frame and the Cartesian axes (see :func:`global_frame`).
@@ -161,16 +161,8 @@ def primitive_lattice(lattice: np.ndarray, frac: np.ndarray, types: np.ndarray,
     it). Where spglib finds no cell, or returns one that is not a superlattice of the input in the input
     orientation, the input lattice is used and a ``RuntimeWarning`` names the structure.
     """
-    import spglib
-
     lattice = np.asarray(lattice, dtype=np.float64)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out = spglib.standardize_cell((lattice, np.asarray(frac, dtype=np.float64), np.asarray(types)),
-                                          to_primitive=True, no_idealize=True, symprec=symprec)
-    except Exception:  # noqa: BLE001 - spglib raises its own error type in some versions; fall back
-        out = None
+    out = primitive_standard_cell(lattice, np.asarray(frac, dtype=np.float64), np.asarray(types), symprec)
     if out is not None:
         prim = np.asarray(out[0], dtype=np.float64)
         M = lattice @ np.linalg.inv(prim)  # input vectors in the primitive basis: integers for a sublattice
