@@ -167,3 +167,28 @@ def test_outputs_are_bit_identical_to_the_reference(reference, name):
     want = entry["outputs"]
     assert y.shape == want.shape
     assert torch.equal(y, want), f"{name}: max |Δ| = {(y - want).abs().max().item():.3e}"
+
+
+def _readme_tree() -> set[str]:
+    """The module paths of the README's Layout block (indentation gives the folder of each name)."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    paths, stack = set(), []
+    for line in block.splitlines()[1:]:
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        name = line.split()[0]
+        stack = stack[: depth - 1] if depth else []
+        if name.endswith("/"):
+            stack.append(name.rstrip("/"))
+        else:
+            paths.add("/".join(stack + [name]))
+    return paths
+
+
+def test_the_readme_layout_lists_every_module_and_no_other():
+    tree = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")
+            if p.name != "__init__.py" or p.parent == SRC}
+    listed = _readme_tree()
+    assert listed == tree, f"missing from README: {sorted(tree - listed)}; not in the tree: {sorted(listed - tree)}"
