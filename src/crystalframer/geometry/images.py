@@ -1,7 +1,8 @@
 """Periodic images: which translated copies of each atom an atom attends to.
 
-The attention of spec §3 is a sum over every periodic image j(n) of every atom j, seen from atom i. It is
-evaluated on a finite set of images, held per atom i as a padded list of "slots" (:class:`Images`):
+The infinitely connected attention of Crystalformer (Taniai et al., ICLR 2024) is a sum over every
+periodic image j(n) of every atom j, seen from atom i. It is evaluated on a finite set of images, held
+per atom i as a padded list of "slots" (:class:`Images`):
 
 * ``sphere`` (the library default): all images within a radius of atom i, the self image included. The set
   is a set of physical points, so it does not depend on the unit cell chosen, the periodic image given for
@@ -20,8 +21,9 @@ evaluated on a finite set of images, held per atom i as a padded list of "slots"
   real lattices exceed the continuum bound by up to 3.4× (:data:`TAIL_MARGIN`), so the radius is taken for
   tol / 5: 5.83 σ, 11.54 Å at σ_max. A spread Δ of q·k over the neighbours
   scales the relative dropped weight by at most exp(Δ).
-* ``box`` (the official rule, spec §3.3): per atom i and head h, every shift n with |n_k| <= R_k(i, h),
-  centred on n = 0 with the raw (unwrapped) coordinates. Used for parity with the published model.
+* ``box`` (the rule of the released Crystalformer/CrystalFramer code): per atom i and head h, every shift n
+  with |n_k| <= R_k(i, h), centred on n = 0 with the raw (unwrapped) coordinates. Used for parity with the
+  published model.
 
 Slots of an atom are ordered by neighbour j (ascending), then by shift n in lexicographic order (n1
 outermost, each from −R to +R): the deterministic tie order of the published kernels.
@@ -110,7 +112,8 @@ class Images:
             return unit.masked_fill_(self.self_image[..., None], 0.0)
 
 
-#: Squared distance (Å²) under which an image is the atom itself (spec §3.6, §4).
+#: Squared distance (Å²) under which an image is the atom itself (the released code's rule; the frame
+#: methods skip it).
 SELF_D2 = 1e-5
 
 
@@ -277,7 +280,7 @@ def sphere_images(lattice: Tensor, pos: Tensor, ptr: Tensor, cutoff: float, chun
 
 def official_box_radius(sigma: Tensor, lattice_atoms: Tensor, cutoff_sigma: float = 3.5,
                         r_min: int = 2) -> Tensor:
-    """Box half-widths of spec §3.3: R_k(i,h) = max(R_min, ceil((c_ih + 0.01) / h_k)), c = 3.5 σ.
+    """Box half-widths of the released code: R_k(i,h) = max(R_min, ceil((c_ih + 0.01) / h_k)), c = 3.5 σ.
 
     Args:
         sigma: (N, H) Gaussian widths σ_ih in Å.
@@ -292,7 +295,7 @@ def official_box_radius(sigma: Tensor, lattice_atoms: Tensor, cutoff_sigma: floa
 
 
 def box_images(lattice: Tensor, pos: Tensor, ptr: Tensor, R: Tensor) -> Images:
-    """The official per-(atom, head) shift box (spec §3.3), centred on n = 0 with raw coordinates.
+    """The released code's per-(atom, head) shift box, centred on n = 0 with raw coordinates.
 
     Args:
         R: (N, H, 3) long half-widths; the slots of a structure span the largest box of its atoms
