@@ -69,7 +69,8 @@ def main(argv=None) -> None:
         two_axis_search(inp.qk, inp.a, inp.d2, seed, 1e-5, inp.candidate, inp.unit)
 
     cases = {"angular features, forward": features, "angular features, forward + backward": features_backward,
-             "frame search with noise": lambda: search(12345), "frame search, no noise": lambda: search(None), "noise draws (array)": lambda: uniform(12345, shape, torch.float32),
+             "frame search with noise": lambda: search(12345), "frame search, no noise": lambda: search(None),
+             "noise draws (array)": lambda: uniform(12345, shape, torch.float32),
              "torch.rand, same shape": lambda: torch.rand(shape)}
     times = {k: [] for k in cases}
     for f in cases.values():

@@ -41,7 +41,8 @@ from crystalframer.nn.angular import compact_directions
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CRYSTALFRAMER_SHARED", REPO.parent / "shared"))
 CLASS_D = ["JVASP-35497", "JVASP-116604", "mp-11202", "mp-567345", "mp-30180"]
-POLICIES = {"noise": ({"ties": "noise"}, 1e-5), "first": ({"ties": "first"}, 0.0), "average": ({"ties": "average"}, 1e-5)}
+POLICIES = {"noise": ({"ties": "noise"}, 1e-5), "first": ({"ties": "first"}, 0.0),
+            "average": ({"ties": "average"}, 1e-5)}
 
 
 # -- structures and transformations (pymatgen) --------------------------------------------------------------
@@ -206,7 +207,8 @@ def cost(reps: int, frames, wall: bool) -> dict:
         stats = {p: {k: {"min": min(v), "median": float(np.median(v))} for k, v in d.items()} for p, d in times.items()}
         # tie statistics of the average policy (eval)
         sets = []
-        hooks = [blk.attn.frame.register_forward_hook(lambda mod, a, o: sets.append(o)) for blk in models["average"].layers]
+        hooks = [blk.attn.frame.register_forward_hook(lambda mod, a, o: sets.append(o))
+                 for blk in models["average"].layers]
         fwd(models["average"])
         for h in hooks:
             h.remove()

@@ -79,7 +79,8 @@ def test_cli_trains_and_predicts_a_dielectric_tensor(shared_data, tmp_path, monk
     metrics = json.loads(open("run/metrics.json").read())
     assert metrics["target_names"][:2] == ["e_total[0,0]", "e_total[0,1]"] and metrics["target_names"][-1] == "band_gap"
     header = read_header("run/model.pt")
-    assert header["config"]["target_shapes"] == ["3x3sym", "scalar"] and header["targets"]["shapes"] == ["3x3sym", "scalar"]
+    assert header["config"]["target_shapes"] == ["3x3sym", "scalar"]
+    assert header["targets"]["shapes"] == ["3x3sym", "scalar"]
     model = load("run/model.pt")
     # normalisation: an isotropic mean and one scale for the tensor's 9 columns
     mean, std = model.target_mean[:9].reshape(3, 3), model.target_std[:9]

@@ -195,7 +195,8 @@ SYMMETRIC_LATTICES = {"cubic": Lattice.cubic(4.2), "tetragonal": Lattice.tetrago
 
 def _symmetric_cells() -> list[Structure]:
     return [Structure(L, ["Na", "Cl", "O"], MOTIF) for L in SYMMETRIC_LATTICES.values()] + [
-        Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.59, 2.96), ["Ti", "O"], [[0, 0, 0], [0.305, 0.305, 0]])]
+        Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.59, 2.96), ["Ti", "O"],
+                                  [[0, 0, 0], [0.305, 0.305, 0]])]
 
 
 @pytest.mark.parametrize("name,size", [("cubic", 24), ("tetragonal", 8), ("hexagonal", 12)])

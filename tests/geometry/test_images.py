@@ -78,8 +78,8 @@ def test_pool_restricts_to_each_atoms_radius():
 
 @pytest.mark.parametrize("frame", ["none", "max"])
 def test_model_at_sigma_max_matches_a_converged_sphere(frame):
-    """Every head at σ_max (α̂ → −∞): the default model equals one with a 20 Å sphere (dropped weight ~1e-22) to 1e-5 relative (the
-    former fixed 6.93 Å default changed pooled features by 2e-3 here)."""
+    """Every head at σ_max (α̂ → −∞): the default model equals one with a 20 Å sphere (dropped weight ~1e-22)
+    to 1e-5 relative (the former fixed 6.93 Å default changed pooled features by 2e-3 here)."""
     torch.manual_seed(0)
     m = cf.CrystalFramer(frame=frame, num_layers=2).eval()
     ref = cf.CrystalFramer(frame=frame, num_layers=2, cutoff=20.0).eval()

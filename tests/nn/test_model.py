@@ -138,5 +138,6 @@ def test_bf16_autocast_runs_and_stays_close_to_float32(frame, real_low_symmetry,
     assert err < 3e-2, float(err)
     y.float().square().mean().backward()
     trained = [n for n, p in m.named_parameters() if p.requires_grad]
-    missing = [n for n, p in m.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    missing = [n for n, p in m.named_parameters()
+               if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
     assert trained and not missing, missing

@@ -26,8 +26,8 @@ def tiny(frame: str = "max", shapes=SHAPES, names=NAMES, seed: int = 0) -> cf.Cr
     # weighted PCA: deterministic "moment" signs (the published random signs give a random frame)
     opts = {"signs": "moment"} if frame == "weighted_pca" else {}
     m = cf.CrystalFramer(frame=frame, n_targets=len(names), target_names=names, target_shapes=shapes,
-                         frame_options=opts, num_layers=2, model_dim=16, num_heads=2, ff_dim=32, head_dims=(16,), dist_bins=16,
-                         angle_bins=16)
+                         frame_options=opts, num_layers=2, model_dim=16, num_heads=2, ff_dim=32, head_dims=(16,),
+                         dist_bins=16, angle_bins=16)
     # non-trivial normalisation: an isotropic mean and a scalar scale per target (as training sets it)
     with torch.no_grad():
         m.target_mean.zero_()

@@ -72,8 +72,8 @@ __all__ = [
     "CACHE_SCHEMA_VERSION", "PUBLISHED_SETS", "SHARED_SETS", "Crystal", "CrystalBatch", "CrystalDataset",
     "DatasetSplits", "InvalidStructureError", "LoadError", "TargetStats", "clear_cache", "collate",
     "jarvis_atoms_to_crystal", "load_dataset", "load_published", "load_shared", "load_split_file",
-    "official_split_indices", "parse_structure", "read_ase_db", "read_ase_file", "read_csv", "read_dataframe", "read_extxyz",
-    "read_folder", "read_json", "read_structure_list", "read_structures", "split_indices", "to_crystal",
+    "official_split_indices", "parse_structure", "read_ase_db", "read_ase_file", "read_csv", "read_dataframe",
+    "read_extxyz", "read_folder", "read_json", "read_structure_list", "read_structures", "split_indices", "to_crystal",
     "UnphysicalStructureWarning",
 ]
 

@@ -64,7 +64,8 @@ def flatten_tensor_columns(df: Any, shapes: Mapping[str, Any]) -> Any:
         if kind == "scalar":
             continue
         if name not in df.columns:
-            raise ValueError(f"target {name!r} is not a column of the data (columns: {', '.join(map(str, df.columns))})")
+            columns = ", ".join(map(str, df.columns))
+            raise ValueError(f"target {name!r} is not a column of the data (columns: {columns})")
         rows, bad = [], []
         for idx, v in zip(df.index, df[name]):
             try:

@@ -62,9 +62,9 @@ class CrystalFramerNet(nn.Module):
         angle_bins, angle_width, angle_coef: angular basis (64, 4, 1).
         basis_window: evaluate only the published windows of basis functions (False: the paper's full
             basis; True: the released kernels, needed for numerical parity with published weights).
-        images: ``"sphere"`` (default: every image within a radius that follows σ, or within ``cutoff`` Å; invariant to the unit cell and to the
-            periodic image given for each atom) or ``"box"`` (the released per-(atom, head) shift box
-            centred on the raw coordinates; compatibility mode for parity with published models).
+        images: ``"sphere"`` (default: every image within a radius that follows σ, or within ``cutoff`` Å;
+            invariant to the unit cell and to the periodic image given for each atom) or ``"box"`` (the
+            released per-(atom, head) shift box centred on the raw coordinates; compatibility mode for parity with published models).
         cutoff: a fixed sphere radius in Å, or None (default): the radius follows the model's σ, per layer
             and atom R_i = k · max_h σ_ih with k = 5.83 for ``image_tol`` = 1e-6 (the relative attention
             weight left out for equal q·k, see :mod:`crystalframer.geometry.images`). At σ_max = r0/√b =
@@ -271,6 +271,7 @@ class CrystalFramerNet(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config["cutoff"]
-        radius = f"cutoff={c:.3f} Å" if c is not None else f"cutoff=σ-following (tol {self.config.get('image_tol', IMAGE_TOL):g})"
+        tol = self.config.get("image_tol", IMAGE_TOL)
+        radius = f"cutoff={c:.3f} Å" if c is not None else f"cutoff=σ-following (tol {tol:g})"
         return f"frame={self.frame!r}, images={self.config['images']!r}, {radius}"
 

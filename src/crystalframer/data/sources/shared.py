@@ -82,7 +82,8 @@ def load_shared(name: str, root: str | os.PathLike, split: str | None = None, on
     folder = root / name if (root / name).is_dir() else root
     want = None if split is None else normalize_split_label(split)
     wanted = list(targets) if targets is not None else list(spec.targets)
-    kw = dict(targets=expand_targets(wanted, target_shapes), structure_column=spec.structure_column, id_column=spec.id_column,
+    kw = dict(targets=expand_targets(wanted, target_shapes), structure_column=spec.structure_column,
+              id_column=spec.id_column,
               on_error=on_error, cache_dir=cache_dir)
     if target_shapes and "" not in spec.files:
         raise ValueError(f"{name} has no tensor-valued targets (target_shapes {dict(target_shapes)})")
