@@ -2,8 +2,9 @@
 
 Crystalformer (Taniai et al., ICLR 2024) and CrystalFramer (Ito et al., ICLR 2025). The paper's definition
 evaluates every basis function; the official frame kernel evaluates only a window of consecutive functions
-around each value (9 of 64 for distances, 33 of 64 for cosines) and treats the rest as 0. ``window=True`` reproduces that (needed for numerical parity with the
-released models); the default ``False`` is the paper's definition.
+around each value (9 of 64 for distances, 33 of 64 for cosines) and treats the rest as 0. ``window=True``
+reproduces that (needed for numerical parity with the released models); the default ``False`` is the paper's
+definition.
 """
 
 from __future__ import annotations

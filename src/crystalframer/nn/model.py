@@ -64,7 +64,8 @@ class CrystalFramerNet(nn.Module):
             basis; True: the released kernels, needed for numerical parity with published weights).
         images: ``"sphere"`` (default: every image within a radius that follows σ, or within ``cutoff`` Å;
             invariant to the unit cell and to the periodic image given for each atom) or ``"box"`` (the
-            released per-(atom, head) shift box centred on the raw coordinates; compatibility mode for parity with published models).
+            released per-(atom, head) shift box centred on the raw coordinates; compatibility mode for parity
+            with published models).
         cutoff: a fixed sphere radius in Å, or None (default): the radius follows the model's σ, per layer
             and atom R_i = k · max_h σ_ih with k = 5.83 for ``image_tol`` = 1e-6 (the relative attention
             weight left out for equal q·k, see :mod:`crystalframer.geometry.images`). At σ_max = r0/√b =
