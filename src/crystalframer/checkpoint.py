@@ -40,6 +40,7 @@ from typing import Any, Mapping
 import torch
 
 from crystalframer.atomic import atomic_open
+from crystalframer.nn.heads import TARGET_TRANSFORMS
 
 FORMAT = "crystalframer-checkpoint"
 FORMAT_VERSION = 1
@@ -169,6 +170,7 @@ def _target_info(model: torch.nn.Module, config: Mapping[str, Any]) -> dict[str,
         "units": [str(x) if x is not None else "" for x in units],
         "mean": jsonable(mean) if isinstance(mean, torch.Tensor) else None,
         "std": jsonable(std) if isinstance(std, torch.Tensor) else None,
+        "transform": str(getattr(model, "target_transform", "none")),  # undone by to_target_units
     }
 
 
@@ -345,6 +347,10 @@ def _restore_target_info(model: torch.nn.Module, targets: Mapping[str, Any]) -> 
                 setattr(model, attr, list(targets[key]))
             except (AttributeError, TypeError):  # read-only property on the model class
                 pass
+    transform = targets.get("transform", "none")  # older checkpoints have none
+    if transform not in TARGET_TRANSFORMS:
+        raise CheckpointError(f"checkpoint has unknown target transform {transform!r}; known: {TARGET_TRANSFORMS}")
+    model.target_transform = transform
     # Sanity check: normalisation buffers must be finite, otherwise every prediction would be NaN.
     for buf in ("target_mean", "target_std"):
         t = getattr(model, buf, None)

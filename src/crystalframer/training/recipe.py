@@ -23,6 +23,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from crystalframer.nn.heads import TARGET_TRANSFORMS
+
 __all__ = ["Recipe", "PRESETS", "get_recipe", "param_groups", "build_optimizer", "inverse_sqrt_factor",
            "build_scheduler", "in_swa_phase"]
 
@@ -56,6 +58,10 @@ class Recipe:
             ROC-AUC and per-class recall.
         normalize_targets: learn (y − mean)/std with the training split's mean and population std (ignored
             with ``loss="bce"``).
+        target_transform: ``"none"`` or ``"log"``: learn log y (every target > 0) instead of y, normalised as
+            above; the model keeps the transform (checkpoints too) and predicts exp(·) in the targets' units.
+            With an L1 loss it still aims at the median of y (the median commutes with log), and a
+            heavy right tail (e.g. exfoliation energies) no longer dominates the gradients.
         val_batch_size / test_batch_size: evaluation batch sizes (``None``: same as ``batch_size``). The
             official test loader uses batch 1; batching does not change predictions.
         drop_last: drop the last incomplete training batch (official: True).
@@ -81,6 +87,7 @@ class Recipe:
     clip_norm: float | None = 1.0
     loss: str = "l1"
     normalize_targets: bool = True
+    target_transform: str = "none"
     val_batch_size: int | None = None
     test_batch_size: int | None = None
     drop_last: bool = True
@@ -101,6 +108,10 @@ class Recipe:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.target_transform not in TARGET_TRANSFORMS:
+            raise ValueError(f"target_transform must be one of {TARGET_TRANSFORMS}, got {self.target_transform!r}")
+        if self.target_transform != "none" and self.loss == "bce":
+            raise ValueError("target_transform applies to regression targets, not to loss='bce'")
 
     def _check_types(self) -> None:
         """Raise ``ValueError`` naming the first field whose value has the wrong type (e.g. ``lr="abc"``)."""
