@@ -12,6 +12,7 @@ load). It carries everything needed to rebuild and use the model::
       "state_dict": {name: tensor},
       "state_sha256": "...",                    # SHA-256 of the weights (names, dtypes, shapes, bytes)
       "targets": {"names": [...], "units": [...], "mean": [...], "std": [...]},
+                                                # + "transform": "log" when trained on log y
       "training": {...},                        # how it was trained (recipe, data, epochs, metrics ...)
       "extra": {...},                           # anything else the caller passed (JSON-able)
     }
@@ -164,13 +165,14 @@ def _target_info(model: torch.nn.Module, config: Mapping[str, Any]) -> dict[str,
     names = getattr(model, "target_names", None) or config.get("target_names") or [f"target_{k}" for k in range(n)]
     units = getattr(model, "target_units", None) or config.get("target_units") or [""] * len(names)
     shapes = {"shapes": list(config["target_shapes"])} if config.get("target_shapes") else {}
+    transform = str(getattr(model, "target_transform", "none"))
     return {
         **shapes,  # vector/tensor targets: the kind of each target of the config (names are the columns)
+        **({"transform": transform} if transform != "none" else {}),  # undone by to_target_units
         "names": [str(x) for x in names],
         "units": [str(x) if x is not None else "" for x in units],
         "mean": jsonable(mean) if isinstance(mean, torch.Tensor) else None,
         "std": jsonable(std) if isinstance(std, torch.Tensor) else None,
-        "transform": str(getattr(model, "target_transform", "none")),  # undone by to_target_units
     }
 
 
