@@ -12,6 +12,7 @@ load). It carries everything needed to rebuild and use the model::
       "state_dict": {name: tensor},
       "state_sha256": "...",                    # SHA-256 of the weights (names, dtypes, shapes, bytes)
       "targets": {"names": [...], "units": [...], "mean": [...], "std": [...]},
+                                                # + "transform": "log" when trained on log y
       "training": {...},                        # how it was trained (recipe, data, epochs, metrics ...)
       "extra": {...},                           # anything else the caller passed (JSON-able)
     }
@@ -41,6 +42,7 @@ import torch
 
 from crystalframer._version import __version__
 from crystalframer.atomic import atomic_open
+from crystalframer.nn.heads import TARGET_TRANSFORMS
 
 FORMAT = "crystalframer-checkpoint"
 FORMAT_VERSION = 1
@@ -151,8 +153,10 @@ def _target_info(model: torch.nn.Module, config: Mapping[str, Any]) -> dict[str,
     names = getattr(model, "target_names", None) or config.get("target_names") or [f"target_{k}" for k in range(n)]
     units = getattr(model, "target_units", None) or config.get("target_units") or [""] * len(names)
     shapes = {"shapes": list(config["target_shapes"])} if config.get("target_shapes") else {}
+    transform = str(getattr(model, "target_transform", "none"))
     return {
         **shapes,  # vector/tensor targets: the kind of each target of the config (names are the columns)
+        **({"transform": transform} if transform != "none" else {}),  # undone by to_target_units
         "names": [str(x) for x in names],
         "units": [str(x) if x is not None else "" for x in units],
         "mean": jsonable(mean) if isinstance(mean, torch.Tensor) else None,
@@ -334,6 +338,10 @@ def _restore_target_info(model: torch.nn.Module, targets: Mapping[str, Any]) -> 
                 setattr(model, attr, list(targets[key]))
             except (AttributeError, TypeError):  # read-only property on the model class
                 pass
+    transform = targets.get("transform", "none")  # older checkpoints have none
+    if transform not in TARGET_TRANSFORMS:
+        raise CheckpointError(f"checkpoint has unknown target transform {transform!r}; known: {TARGET_TRANSFORMS}")
+    model.target_transform = transform
     # Sanity check: normalisation buffers must be finite, otherwise every prediction would be NaN.
     for buf in ("target_mean", "target_std"):
         t = getattr(model, buf, None)

@@ -68,7 +68,8 @@ class PredictorMixin:
             ``{name: (n, *shape)}`` instead (scalars (n,), vectors (n, 3), tensors (n, 3, 3) or (n, 6, 6)).
         """
         task = getattr(self, "task", "regression")
-        out = self._run_batches(lambda b: to_target_units(self(b), self.target_mean, self.target_std, task),
+        transform = getattr(self, "target_transform", "none")
+        out = self._run_batches(lambda b: to_target_units(self(b), self.target_mean, self.target_std, task, transform),
                                 structures, batch_size, device, on_error)
         flat = np.concatenate(out) if out else np.zeros((0, int(self.target_mean.shape[0])))
         if getattr(self, "has_geometric_targets", False):

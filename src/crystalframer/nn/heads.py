@@ -7,6 +7,9 @@ from torch import Tensor
 #: ``regression``: real-valued targets, outputs on the normalised scale (y = out · std + mean).
 #: ``classification``: binary targets (0/1), outputs are logits and predictions probabilities of class 1.
 TASKS = ("regression", "classification")
+#: Map applied to regression targets before normalisation: ``none``, or ``log`` (targets > 0; the model learns
+#: (log y − mean)/std, and predictions are exp(out · std + mean), e.g. for heavy-tailed positive energies).
+TARGET_TRANSFORMS = ("none", "log")
 
 
 def check_task(task: str) -> str:
@@ -15,8 +18,13 @@ def check_task(task: str) -> str:
     return task
 
 
-def to_target_units(out: Tensor, mean: Tensor, std: Tensor, task: str = "regression") -> Tensor:
-    """(B, n_targets) head outputs → predictions: values in the targets' units, or probabilities."""
+def to_target_units(out: Tensor, mean: Tensor, std: Tensor, task: str = "regression",
+                    transform: str = "none") -> Tensor:
+    """(B, n_targets) head outputs → predictions: values in the targets' units, or probabilities.
+
+    ``transform`` is the model's target transform (:data:`TARGET_TRANSFORMS`), undone after the normalisation.
+    """
     if task == "classification":
         return out.sigmoid()
-    return out * std + mean
+    y = out * std + mean
+    return y.exp() if transform == "log" else y

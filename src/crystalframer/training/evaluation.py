@@ -79,7 +79,8 @@ def predict_crystals(model: torch.nn.Module, crystals: Sequence[Crystal], batch_
         for k in range(0, len(crystals), batch_size):
             chunk = list(crystals[k:k + batch_size])
             batch = model.collate(chunk).to(dev, dtype)
-            out = to_target_units(model(batch), model.target_mean, model.target_std, task)
+            out = to_target_units(model(batch), model.target_mean, model.target_std, task,
+                                  getattr(model, "target_transform", "none"))
             preds.append(out.double().cpu().numpy())
             if have_labels:
                 trues.append(np.stack([np.asarray(c.targets, np.float64) for c in chunk]))

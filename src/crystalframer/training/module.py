@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from crystalframer.checkpoint import model_payload, weights_checksum
+from crystalframer.nn.heads import to_target_units
 from crystalframer.training.metrics import masked_loss
 from crystalframer.training.recipe import Recipe, build_optimizer, build_scheduler, in_swa_phase
 from crystalframer.training.swa import WeightAverager
@@ -37,7 +38,8 @@ def calibrate(model: torch.nn.Module, train: Sequence[Any], recipe: Recipe) -> N
     from crystalframer.training.data import EpochShardSampler
 
     order = list(EpochShardSampler(len(train), recipe.batch_size, 0, 1, recipe.seed, True, recipe.drop_last))
-    first = [train[i] for i in order[: recipe.batch_size]] or [train[i] for i in range(min(len(train), recipe.batch_size))]
+    first = ([train[i] for i in order[: recipe.batch_size]]
+             or [train[i] for i in range(min(len(train), recipe.batch_size))])
     if not first:
         return
     p = next(model.parameters())
@@ -121,13 +123,17 @@ class CrystalPropertyModule(L.LightningModule):
         self._val_abs = torch.zeros(n_t, dtype=torch.float64)  # Σ |ŷ' − y'| per target (normalised)
         self._val_cnt = torch.zeros(n_t, dtype=torch.float64)
         self._val_correct = torch.zeros(n_t, dtype=torch.float64)
+        self._val_abs_units = torch.zeros(n_t, dtype=torch.float64)
         self._epoch_t0 = time.perf_counter()
 
     def _param_dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
     def normalise(self, y: torch.Tensor) -> torch.Tensor:
-        """(B, n_targets) targets in their units → the normalised scale the model predicts."""
+        """(B, n_targets) targets in their units → the normalised scale the model predicts (log first with
+        ``target_transform="log"``)."""
+        if self.recipe.target_transform == "log":
+            y = y.log()
         return (y - self.model.target_mean) / self.model.target_std
 
     def forward(self, batch: Any) -> torch.Tensor:
@@ -167,7 +173,8 @@ class CrystalPropertyModule(L.LightningModule):
         sch = self.lr_schedulers()
         if batch.y is None:
             raise ValueError("training batch without targets: every training structure needs labels")
-        target = self.normalise(batch.y) if self.recipe.normalize_targets and not self.classification else batch.y
+        learned = self.recipe.normalize_targets or self.recipe.target_transform != "none"
+        target = self.normalise(batch.y) if learned and not self.classification else batch.y
         pred = self.model(batch)
         loss = masked_loss(pred, target.to(pred.dtype), self.recipe.loss)
         opt.zero_grad(set_to_none=True)
@@ -208,6 +215,7 @@ class CrystalPropertyModule(L.LightningModule):
         self._val_abs = torch.zeros(n_t, dtype=torch.float64)  # Σ |ŷ' − y'| (regression) or Σ BCE
         self._val_cnt = torch.zeros(n_t, dtype=torch.float64)
         self._val_correct = torch.zeros(n_t, dtype=torch.float64)  # classification: correct at p = ½
+        self._val_abs_units = torch.zeros(n_t, dtype=torch.float64)  # Σ |ŷ − y| in units (target_transform)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         if batch.y is None:
@@ -222,15 +230,21 @@ class CrystalPropertyModule(L.LightningModule):
             self._val_correct += (mask & ((pred >= 0) == (labels == 1))).sum(0).double().cpu()
             self._val_cnt += mask.sum(0).double().cpu()
             return
-        target = self.normalise(batch.y).double() if self.recipe.normalize_targets else batch.y.double()
+        learned = self.recipe.normalize_targets or self.recipe.target_transform != "none"
+        target = self.normalise(batch.y).double() if learned else batch.y.double()
         mask = torch.isfinite(target)
         err = torch.where(mask, (pred - torch.where(mask, target, 0.0)).abs(), 0.0)
         self._val_abs += err.sum(0).cpu()
         self._val_cnt += mask.sum(0).double().cpu()
+        if self.recipe.target_transform != "none":  # MAE in the targets' units, not std · (log-scale MAE)
+            y_hat = to_target_units(pred, self.model.target_mean.double(), self.model.target_std.double(),
+                                    transform=self.recipe.target_transform)
+            self._val_abs_units += torch.where(mask, (y_hat - torch.where(mask, batch.y.double(), 0.0)).abs(),
+                                               0.0).sum(0).cpu()
 
     def on_validation_epoch_end(self) -> None:
         # Sum over ranks (each rank validated its own shard, without padding duplicates).
-        sums = torch.cat([self._val_abs, self._val_cnt, self._val_correct]).to(self.device)
+        sums = torch.cat([self._val_abs, self._val_cnt, self._val_correct, self._val_abs_units]).to(self.device)
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         n_t = len(self.target_names)
         abs_sum, cnt = sums[:n_t].double().cpu(), sums[n_t:2 * n_t].double().cpu()
@@ -238,7 +252,7 @@ class CrystalPropertyModule(L.LightningModule):
         val_loss = float(mae_norm[cnt > 0].sum()) if bool((cnt > 0).any()) else float("nan")
         self.log("val/loss", val_loss, prog_bar=True, sync_dist=False)
         if self.classification:
-            acc = sums[2 * n_t:].double().cpu() / cnt.clamp(min=1)
+            acc = sums[2 * n_t:3 * n_t].double().cpu() / cnt.clamp(min=1)
             accs = {f"val_acc_{name}": float(acc[k]) if cnt[k] > 0 else float("nan")
                     for k, name in enumerate(self.target_names)}
             for key, v in accs.items():
@@ -246,9 +260,12 @@ class CrystalPropertyModule(L.LightningModule):
             self._last_val = {"val_loss": val_loss, **accs}
             return
         std = self.model.target_std.detach().double().cpu() if self.recipe.normalize_targets else torch.ones(n_t)
+        mae_units = mae_norm * std
+        if self.recipe.target_transform != "none":
+            mae_units = sums[3 * n_t:].double().cpu() / cnt.clamp(min=1)
         maes = {}
         for k, name in enumerate(self.target_names):
-            maes[f"val_mae_{name}"] = float(mae_norm[k] * std[k]) if cnt[k] > 0 else float("nan")
+            maes[f"val_mae_{name}"] = float(mae_units[k]) if cnt[k] > 0 else float("nan")
             self.log(f"val/mae_{name}", maes[f"val_mae_{name}"], sync_dist=False)
         self._last_val = {"val_loss": val_loss, **maes}
 

@@ -23,6 +23,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from crystalframer.nn.heads import TARGET_TRANSFORMS
+
 __all__ = ["Recipe", "PRESETS", "get_recipe", "param_groups", "build_optimizer", "inverse_sqrt_factor",
            "build_scheduler", "in_swa_phase"]
 
@@ -56,6 +58,10 @@ class Recipe:
             ROC-AUC and per-class recall.
         normalize_targets: learn (y − mean)/std with the training split's mean and population std (ignored
             with ``loss="bce"``).
+        target_transform: ``"none"`` or ``"log"``: learn log y (every target > 0) instead of y, normalised as
+            above; the model keeps the transform (checkpoints too) and predicts exp(·) in the targets' units.
+            With an L1 loss it still aims at the median of y (the median commutes with log), and a
+            heavy right tail (e.g. exfoliation energies) no longer dominates the gradients.
         val_batch_size / test_batch_size: evaluation batch sizes (``None``: same as ``batch_size``). The
             official test loader uses batch 1; batching does not change predictions.
         drop_last: drop the last incomplete training batch (official: True).
@@ -81,6 +87,7 @@ class Recipe:
     clip_norm: float | None = 1.0
     loss: str = "l1"
     normalize_targets: bool = True
+    target_transform: str = "none"
     val_batch_size: int | None = None
     test_batch_size: int | None = None
     drop_last: bool = True
@@ -101,6 +108,10 @@ class Recipe:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.target_transform not in TARGET_TRANSFORMS:
+            raise ValueError(f"target_transform must be one of {TARGET_TRANSFORMS}, got {self.target_transform!r}")
+        if self.target_transform != "none" and self.loss == "bce":
+            raise ValueError("target_transform applies to regression targets, not to loss='bce'")
 
     def _check_types(self) -> None:
         """Raise ``ValueError`` naming the first field whose value has the wrong type (e.g. ``lr="abc"``)."""
@@ -174,7 +185,8 @@ def get_recipe(preset: str | Recipe | None = "jarvis", **overrides: Any) -> Reci
     changes = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(changes) - {f.name for f in dataclasses.fields(Recipe)}
     if unknown:
-        raise ValueError(f"unknown recipe settings {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(Recipe)]}")
+        known = [f.name for f in dataclasses.fields(Recipe)]
+        raise ValueError(f"unknown recipe settings {sorted(unknown)}; known: {known}")
     if "model" in changes:
         changes["model"] = {**base.model, **changes["model"]}
     return dataclasses.replace(base, **changes)
@@ -259,3 +271,11 @@ def iter_names(groups: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
 # the last 5. Chosen by nested validation inside the training folds (benchmarks/matbench/explore.json).
 PRESETS["matbench"] = Recipe(batch_size=32, epochs=30, swa_epochs=5, val_batch_size=128, test_batch_size=128,
                              model={"num_layers": 2, "model_dim": 64, "num_heads": 4, "ff_dim": 128})
+
+# Small data with a heavy-tailed positive target (Matbench matbench_jdft2d: ~500 training structures, exfoliation
+# energies with a long right tail): log targets, a 3-layer width-128 model, 16 epochs with SWA over the last 4
+# (validation MAE stops improving after ~15 epochs at this size). Chosen by nested validation inside the
+# training folds (benchmarks/matbench/explore.json; BENCHMARKS.md section 7).
+PRESETS["small-data"] = Recipe(batch_size=32, epochs=16, swa_epochs=4, val_batch_size=128, test_batch_size=128,
+                               target_transform="log",
+                               model={"num_layers": 3, "model_dim": 128, "num_heads": 8, "ff_dim": 256})

@@ -227,15 +227,26 @@ def check_model_task(model: torch.nn.Module, recipe: Recipe) -> str:
 
 
 @torch.no_grad()
-def set_target_normalisation(model: torch.nn.Module, train: Sequence[Crystal],
-                             normalize: bool = True) -> tuple[list[float], list[float]]:
+def set_target_normalisation(model: torch.nn.Module, train: Sequence[Crystal], normalize: bool = True,
+                             transform: str = "none") -> tuple[list[float], list[float]]:
     """Write the training split's mean and population std into ``model.target_mean/target_std``.
 
-    ``normalize=False`` writes 0 and 1 (the model then learns the raw targets). Returns (mean, std).
+    ``normalize=False`` writes 0 and 1 (the model then learns the raw targets). ``transform="log"``: the
+    statistics are those of log y (every training target must be > 0), and ``model.target_transform`` is set
+    so that predictions are mapped back. Returns (mean, std).
     """
     n_t = int(model.target_mean.numel())
+    if transform == "log":
+        if getattr(model, "has_geometric_targets", False):
+            raise ValueError("target_transform='log' applies to scalar targets, not to vector or tensor targets")
+        bad = [c.id for c in train if not bool(np.all(np.asarray(c.targets, np.float64) > 0))]
+        if bad:
+            raise ValueError(f"target_transform='log' needs targets > 0; {len(bad)} training structures have "
+                             f"others, e.g. {bad[:5]}")
+    model.target_transform = transform
     if normalize:
         y = np.stack([np.asarray(c.targets, np.float64).reshape(-1) for c in train])
+        y = np.log(y) if transform == "log" else y
         if y.shape[1] != n_t:
             raise ValueError(f"the training structures carry {y.shape[1]} targets, the model predicts {n_t}")
         mean, std = population_stats(y)
@@ -484,7 +495,8 @@ def train(config: TrainConfig | Mapping[str, Any], resume: bool | str = False, s
     if resume_ckpt is not None:
         check_resume(resume_ckpt, ckpt_path, model, recipe, splits, data_sha256)  # type: ignore[arg-type]
     # classification: the head outputs logits of the raw 0/1 labels
-    mean, std = set_target_normalisation(model, splits.train, recipe.normalize_targets and task == "regression")
+    mean, std = set_target_normalisation(model, splits.train, recipe.normalize_targets and task == "regression",
+                                         recipe.target_transform)
 
     steps_per_epoch = (len(splits.train) // recipe.batch_size if recipe.drop_last
                        else math.ceil(len(splits.train) / recipe.batch_size))
