@@ -214,12 +214,13 @@ def summarize(args) -> None:
     keys = ("fnorm", "rel_fnorm", "ewt25", "ewt10", "ewt5")
     summary: dict = {}
     rows = []
-    for method in ("direct", "frame"):
-        runs = sorted((out / "runs").glob(f"{target}_{method}_seed*.json"))
-        if not runs:
+    found = {m: [json.loads(p.read_text()) for p in sorted((out / "runs").glob(f"{target}_{m}_seed*.json"))]
+             for m in ("direct", "frame")}
+    # candidate budgets: the snapshot epochs that every run of both methods has
+    epochs = sorted(set.intersection(*[{r["epoch"] for r in d["snapshots"]} for runs in found.values() for d in runs]))
+    for method, data in found.items():
+        if not data:
             continue
-        data = [json.loads(p.read_text()) for p in runs]
-        epochs = sorted(set.intersection(*[{r["epoch"] for r in d["snapshots"]} for d in data]))
         by = {e: [next(r for r in d["snapshots"] if r["epoch"] == e) for d in data] for e in epochs}
         val_fnorm = {e: float(np.mean([r["val"]["fnorm"] for r in by[e]])) for e in epochs}
         best = min(epochs, key=lambda e: val_fnorm[e])
