@@ -14,8 +14,8 @@ and without SWA a run stopped at epoch E is the E-epoch run, so the snapshots ar
 Metrics as in GMTNet: mean Frobenius error and EwT 25/10/5 %
 (:func:`crystalframer.training.metrics.tensor_metrics`). CPU seconds are ``time.process_time`` of this process
 (run it with one torch thread: ``--threads 1``), training only (the snapshot scoring is subtracted).
-Each run writes ``<out>/runs/<target>_<method>_seed<k>.json`` (settings, metrics per snapshot) and ``.npz``
-(val/test predictions per snapshot).
+Each run writes ``<out>/records/<target>_<method>_seed<k>.json`` (settings, metrics per snapshot) and ``.npz``
+(val/test predictions per snapshot); the Lightning run folder (checkpoints, logs) is scratch in ``<out>/runs/``.
 
 ``--summarize`` then picks, for each (target, method), the snapshot epoch with the lowest mean validation
 Frobenius error over the seeds (test rows are never used to choose), writes the per-row test predictions of
@@ -124,7 +124,7 @@ def main_run(args) -> None:
     shape = (6, 6) if kind == "6x6" else (3, 3)
     target, method, seed = args.target, args.method, args.seed
     out = Path(args.out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    (out / "records").mkdir(parents=True, exist_ok=True)
     ds = load_shared(dataset, args.data_root, targets=[target], target_shapes={target: kind})
     parts = ds.split()  # the seeded 80/10/10 split of load_shared
     sets = {s: list(getattr(parts, s).crystals)[: args.limit] for s in ("train", "val", "test")}
@@ -195,7 +195,7 @@ def main_run(args) -> None:
                 "num_parameters": int(res.metrics.get("num_parameters", 0)), "snapshots": snapshots}
     summary = {"settings": settings, "snapshots": snap.records, "total_cpu_s": total_cpu,
                "loadavg_start": load0, "loadavg_end": os.getloadavg()}
-    stem = out / "runs" / f"{target}_{method}_seed{seed}"
+    stem = out / "records" / f"{target}_{method}_seed{seed}"
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     np.savez_compressed(stem.with_suffix(".npz"), ids_val=np.array([c.id for c in sets["val"]]),
                         ids_test=np.array([c.id for c in sets["test"]]), true_val=truth["val"], true_test=truth["test"],
@@ -214,7 +214,7 @@ def summarize(args) -> None:
     keys = ("fnorm", "rel_fnorm", "ewt25", "ewt10", "ewt5")
     summary: dict = {}
     rows = []
-    found = {m: [json.loads(p.read_text()) for p in sorted((out / "runs").glob(f"{target}_{m}_seed*.json"))]
+    found = {m: [json.loads(p.read_text()) for p in sorted((out / "records").glob(f"{target}_{m}_seed*.json"))]
              for m in ("direct", "frame")}
     # candidate budgets: the snapshot epochs that every run of both methods has
     epochs = sorted(set.intersection(*[{r["epoch"] for r in d["snapshots"]} for runs in found.values() for d in runs]))
@@ -236,7 +236,7 @@ def summarize(args) -> None:
         }
         cols = column_names(target, kind)
         for seed in seeds:  # per-row test predictions at the chosen epoch
-            z = np.load(out / "runs" / f"{target}_{method}_seed{seed}.npz")
+            z = np.load(out / "records" / f"{target}_{method}_seed{seed}.npz")
             ids, n = z["ids_test"], len(z["ids_test"])
             table = pd.DataFrame({"id": ids})
             for name, arr in (("true", z["true_test"]), ("pred", z[f"test_epoch{best}"])):
