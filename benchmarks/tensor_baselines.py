@@ -1,17 +1,30 @@
 """Dielectric (or elastic) tensors: equivariant frame head vs. direct component regression with rotation augmentation.
 
-Both runs use the same CrystalFramer backbone, sizes, recipe and the seeded 80/10/10 split of the shared set
-(:func:`crystalframer.data.sources.shared.load_shared`), and the same number of optimizer steps:
+Both methods use the same CrystalFramer backbone, sizes, recipe and the seeded 80/10/10 split of the shared set
+(:func:`crystalframer.data.sources.shared.load_shared`), and the same number of optimizer steps per epoch:
 
 * ``direct`` (baseline a): the invariant head regresses the 6 (or 21) independent components of the
-  tensor as scalars; each epoch sees every training structure under a fresh random rotation, with the tensor
-  rotated accordingly (augmentation). The model is not equivariant.
+  tensor as scalars; every time a training structure is drawn it is rotated by a fresh random rotation, with
+  its tensor rotated accordingly (augmentation). The model is not equivariant.
 * ``frame`` (b): the equivariant frame head (``target_shapes``), no augmentation needed.
 
-Metrics on the test split (GMTNet): mean Frobenius error and EwT 25/10/5 %
-(:func:`crystalframer.training.metrics.tensor_metrics`). Per-row predictions go to ``<out>/<run>_test.csv``.
+One call trains one method for one seed with ``--epochs`` epochs and scores the live model on the validation
+and test rows at every epoch of ``--snapshots`` (the inverse-square-root LR schedule depends only on the step,
+and without SWA a run stopped at epoch E is the E-epoch run, so the snapshots are the shorter budgets).
+Metrics as in GMTNet: mean Frobenius error and EwT 25/10/5 %
+(:func:`crystalframer.training.metrics.tensor_metrics`). CPU seconds are ``time.process_time`` of this process
+(run it with one torch thread: ``--threads 1``), training only (the snapshot scoring is subtracted).
+Each run writes ``<out>/records/<target>_<method>_seed<k>.json`` (settings, metrics per snapshot) and ``.npz``
+(val/test predictions per snapshot); the Lightning run folder (checkpoints, logs) is scratch in ``<out>/runs/``.
 
-    PYTHONPATH=src python benchmarks/tensor_baselines.py --data-root /work/shared/data --epochs 6
+``--summarize`` then picks, for each (target, method), the snapshot epoch with the lowest mean validation
+Frobenius error over the seeds (test rows are never used to choose), writes the per-row test predictions of
+that epoch to ``<out>/<target>_<method>_seed<k>_test.csv``, the summary to ``<out>/<target>_summary.json`` and
+prints a Markdown table (mean ± std over seeds).
+
+    PYTHONPATH=src python benchmarks/tensor_baselines.py --data-root /work/shared/data --target e_electronic \
+        --method frame --seed 0 --epochs 40 --snapshots 20 30 40 --threads 1
+    python benchmarks/tensor_baselines.py --summarize --target e_electronic
 """
 
 from __future__ import annotations
@@ -19,23 +32,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from crystalframer.data.sources.shared import load_shared
-from crystalframer.geometry.tensors import VOIGT_PAIRS, column_names, rotate, rotate_voigt
-from crystalframer.training.data import DataSpec, Splits
-from crystalframer.training.metrics import tensor_metrics
-from crystalframer.training.trainer import TrainConfig, train
-
-SETS = {"mp_dielectric_2017": ("e_total", "3x3sym"), "mp_elastic_2015": ("elastic_tensor", "6x6")}
+SETS = {"mp_dielectric_2017": "3x3sym", "mp_elastic_2015": "6x6"}
+DATASET_OF = {"e_electronic": "mp_dielectric_2017", "e_total": "mp_dielectric_2017",
+              "elastic_tensor": "mp_elastic_2015"}
 
 
 def independent(t: np.ndarray, kind: str) -> np.ndarray:
     """(…, 3, 3) symmetric → 6 components (xx, yy, zz, yz, xz, xy); (…, 6, 6) Voigt → 21 (upper triangle)."""
+    from crystalframer.geometry.tensors import VOIGT_PAIRS
+
     if kind == "6x6":
         iu = np.triu_indices(6)
         return t[..., iu[0], iu[1]]
@@ -43,6 +55,9 @@ def independent(t: np.ndarray, kind: str) -> np.ndarray:
 
 
 def from_independent(c: np.ndarray, kind: str) -> np.ndarray:
+    """Inverse of :func:`independent`: (…, 6) → (…, 3, 3) symmetric, (…, 21) → (…, 6, 6) symmetric."""
+    from crystalframer.geometry.tensors import VOIGT_PAIRS
+
     if kind == "6x6":
         iu = np.triu_indices(6)
         m = np.zeros(c.shape[:-1] + (6, 6))
@@ -55,6 +70,7 @@ def from_independent(c: np.ndarray, kind: str) -> np.ndarray:
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly distributed proper rotation (unit quaternion with normal components)."""
     q = rng.normal(size=4)
     w, x, y, z = q / np.linalg.norm(q)
     return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
@@ -63,84 +79,202 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def rotate_tensor(t: np.ndarray, R: np.ndarray, kind: str) -> np.ndarray:
+    from crystalframer.geometry.tensors import rotate, rotate_voigt
+
     f = rotate_voigt if kind == "6x6" else rotate
     return f(torch.as_tensor(t), torch.as_tensor(R)).numpy()
+
+
+def rotated_components(c, shape: tuple[int, ...], kind: str, rng: np.random.Generator | None):
+    """The crystal under a random rotation (none without ``rng``), its label the rotated tensor's components."""
+    t = np.asarray(c.targets).reshape(shape)
+    if rng is None:
+        return dataclasses.replace(c, targets=independent(t, kind))
+    R = random_rotation(rng)
+    return dataclasses.replace(c, lattice=c.lattice @ R.T, positions=c.positions @ R.T,
+                               targets=independent(rotate_tensor(t, R, kind), kind))
+
+
+class RotatingDataset(torch.utils.data.Dataset):
+    """Training crystals rotated afresh each time they are drawn (once per epoch), labels rotated with them."""
+
+    def __init__(self, crystals, shape, kind, seed: int):
+        self.crystals, self.shape, self.kind = list(crystals), shape, kind
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.crystals)
+
+    def __getitem__(self, i: int):
+        return rotated_components(self.crystals[int(i)], self.shape, self.kind, self.rng)
+
+
+def main_run(args) -> None:
+    import lightning as L
+
+    from crystalframer.data.sources.shared import load_shared
+    from crystalframer.geometry.tensors import column_names
+    from crystalframer.training.data import DataSpec, Splits
+    from crystalframer.training.metrics import tensor_metrics
+    from crystalframer.training.trainer import TrainConfig, train
+
+    torch.set_num_threads(args.threads)
+    dataset = DATASET_OF[args.target]
+    kind = SETS[dataset]
+    shape = (6, 6) if kind == "6x6" else (3, 3)
+    target, method, seed = args.target, args.method, args.seed
+    out = Path(args.out)
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    ds = load_shared(dataset, args.data_root, targets=[target], target_shapes={target: kind})
+    parts = ds.split()  # the seeded 80/10/10 split of load_shared
+    sets = {s: list(getattr(parts, s).crystals)[: args.limit] for s in ("train", "val", "test")}
+    truth = {s: np.stack([np.asarray(c.targets).reshape(shape) for c in sets[s]]) for s in ("val", "test")}
+    model = dict(num_layers=args.layers, model_dim=args.dim, num_heads=4, ff_dim=2 * args.dim,
+                 head_dims=[args.dim], dist_bins=32, angle_bins=32)
+    recipe = dict(epochs=args.epochs, swa_epochs=0, batch_size=args.batch_size, lr=args.lr, loss="mse", seed=seed)
+    snapshots = sorted({e for e in args.snapshots if 0 < e <= args.epochs} | {args.epochs})
+    common = dict(frame="max", model=model, preset="quick", plots=False, tensorboard=False, progress_bar=False,
+                  accelerator="cpu", devices=1, output=str(out / "runs" / f"tmp_{target}_{method}_seed{seed}"))
+    if method == "frame":
+        cols = column_names(target, kind)
+        splits = Splits(sets["train"], sets["val"], sets["test"], cols, [""] * len(cols))
+        cfg = TrainConfig(data=DataSpec(dataset=dataset, root=args.data_root, targets=[target],
+                                        target_shapes={target: kind}), recipe=recipe, **common)
+        rotating = None
+    else:
+        names = [f"{target}_c{k}" for k in range(21 if kind == "6x6" else 6)]
+        # normalisation statistics from one rotated copy of the training set (the distribution trained on)
+        rng = np.random.default_rng(10_000 + seed)
+        train_stats = [rotated_components(c, shape, kind, rng) for c in sets["train"]]
+        fixed = {s: [rotated_components(c, shape, kind, None) for c in sets[s]] for s in ("val", "test")}
+        splits = Splits(train_stats, fixed["val"], fixed["test"], names, [""] * len(names))
+        cfg = TrainConfig(data=DataSpec(dataset=dataset, root=args.data_root, targets=names), recipe=recipe, **common)
+        rotating = RotatingDataset(sets["train"], shape, kind, seed)
+
+    def predict(m, crystals):
+        p = m.predict(crystals, batch_size=128)
+        return p[target] if isinstance(p, dict) else from_independent(p, kind)
+
+    class Snapshots(L.Callback):
+        """Swap in the rotating training set (direct); score val/test at the snapshot epochs."""
+
+        def __init__(self):
+            self.records, self.preds, self.eval_cpu = [], {}, 0.0
+
+        def on_fit_start(self, trainer, pl_module):
+            if rotating is not None:
+                trainer.datamodule.train_set = rotating
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            epoch = trainer.current_epoch + 1
+            if epoch not in snapshots:
+                return
+            c0 = time.process_time()
+            rec = {"epoch": epoch, "steps": int(trainer.global_step)}
+            for s in ("val", "test"):
+                p = predict(pl_module.model, sets[s])
+                self.preds[f"{s}_epoch{epoch}"] = p.astype(np.float32)
+                rec[s] = tensor_metrics(truth[s], p)
+            self.eval_cpu += time.process_time() - c0
+            rec["train_cpu_s"] = time.process_time() - cpu0 - self.eval_cpu
+            rec["wall_s"] = time.perf_counter() - wall0
+            rec["loadavg_1min"] = os.getloadavg()[0]
+            self.records.append(rec)
+            print(f"{target} {method} seed{seed} epoch {epoch}: val fnorm {rec['val']['fnorm']:.4g} "
+                  f"ewt25 {rec['val']['ewt25']:.3f}; test fnorm {rec['test']['fnorm']:.4g}; "
+                  f"train CPU {rec['train_cpu_s']:.0f} s; load {rec['loadavg_1min']:.2f}", flush=True)
+
+    snap = Snapshots()
+    load0 = os.getloadavg()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    res = train(cfg, splits=splits, verbose=False, overwrite=True, callbacks=[snap])
+    total_cpu = time.process_time() - cpu0
+    settings = {"dataset": dataset, "target": target, "kind": kind, "method": method, "seed": seed,
+                "split_sizes": {s: len(v) for s, v in sets.items()}, "model": model, "recipe": recipe,
+                "frame": "max", "preset": "quick", "torch_threads": torch.get_num_threads(),
+                "num_parameters": int(res.metrics.get("num_parameters", 0)), "snapshots": snapshots}
+    summary = {"settings": settings, "snapshots": snap.records, "total_cpu_s": total_cpu,
+               "loadavg_start": load0, "loadavg_end": os.getloadavg()}
+    stem = out / "records" / f"{target}_{method}_seed{seed}"
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    np.savez_compressed(stem.with_suffix(".npz"), ids_val=np.array([c.id for c in sets["val"]]),
+                        ids_test=np.array([c.id for c in sets["test"]]), true_val=truth["val"], true_test=truth["test"],
+                        **snap.preds)
+
+
+def summarize(args) -> None:
+    """Choose each method's epoch budget on the validation rows; write test CSVs, the summary json and a table."""
+    import pandas as pd
+
+    from crystalframer.geometry.tensors import column_names
+
+    out = Path(args.out)
+    target = args.target
+    kind = SETS[DATASET_OF[target]]
+    keys = ("fnorm", "rel_fnorm", "ewt25", "ewt10", "ewt5")
+    summary: dict = {}
+    rows = []
+    found = {m: [json.loads(p.read_text()) for p in sorted((out / "records").glob(f"{target}_{m}_seed*.json"))]
+             for m in ("direct", "frame")}
+    # candidate budgets: the snapshot epochs that every run of both methods has
+    epochs = sorted(set.intersection(*[{r["epoch"] for r in d["snapshots"]} for runs in found.values() for d in runs]))
+    for method, data in found.items():
+        if not data:
+            continue
+        by = {e: [next(r for r in d["snapshots"] if r["epoch"] == e) for d in data] for e in epochs}
+        val_fnorm = {e: float(np.mean([r["val"]["fnorm"] for r in by[e]])) for e in epochs}
+        best = min(epochs, key=lambda e: val_fnorm[e])
+        chosen = by[best]
+        seeds = [d["settings"]["seed"] for d in data]
+        stat = {split: {k: [r[split][k] for r in chosen] for k in keys} for split in ("val", "test")}
+        summary[method] = {
+            "seeds": seeds, "chosen_epoch": best, "mean_val_fnorm_by_epoch": val_fnorm,
+            "steps": [r["steps"] for r in chosen], "train_cpu_s": [r["train_cpu_s"] for r in chosen],
+            "loadavg_1min": [r["loadavg_1min"] for r in chosen], "settings": data[0]["settings"],
+            **{split: {k: {"values": v, "mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in s.items()}
+               for split, s in stat.items()},
+        }
+        cols = column_names(target, kind)
+        for seed in seeds:  # per-row test predictions at the chosen epoch
+            z = np.load(out / "records" / f"{target}_{method}_seed{seed}.npz")
+            ids, n = z["ids_test"], len(z["ids_test"])
+            table = pd.DataFrame({"id": ids})
+            for name, arr in (("true", z["true_test"]), ("pred", z[f"test_epoch{best}"])):
+                for k, col in enumerate(cols):
+                    table[f"{name}{col[len(target):]}"] = arr.reshape(n, -1)[:, k].astype(np.float64)
+            table.to_csv(out / f"{target}_{method}_seed{seed}_test.csv", index=False, float_format="%.6g")
+        m = summary[method]
+        rows.append(f"| `{target}` | {method} | {best} | {int(np.mean(m['steps']))} | "
+                    f"{np.mean(m['train_cpu_s']):.0f} ± {np.std(m['train_cpu_s']):.0f} | {len(seeds)} | "
+                    f"{m['val']['fnorm']['mean']:.3g} | "
+                    + " | ".join(f"{m['test'][k]['mean'] * (100 if k.startswith('ewt') else 1):.3g} ± "
+                                 f"{m['test'][k]['std'] * (100 if k.startswith('ewt') else 1):.2g}"
+                                 for k in keys) + " |")
+    (out / f"{target}_summary.json").write_text(json.dumps(summary, indent=2))
+    print("| target | method | epochs (val) | steps | train CPU s | seeds | val ‖ΔT‖_F | test ‖ΔT‖_F | "
+          "rel. error | EwT 25 % | EwT 10 % | EwT 5 % |")
+    print("| --- " * 12 + "|")
+    print("\n".join(rows))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default="../shared/data")
-    p.add_argument("--dataset", default="mp_dielectric_2017", choices=sorted(SETS))
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--limit", type=int, default=None, help="at most N structures per split (quick checks)")
-    p.add_argument("--runs", nargs="+", default=["frame", "direct"], choices=["frame", "direct"])
-    p.add_argument("--out", default="benchmarks/tensors")
+    p.add_argument("--target", default="e_electronic", choices=sorted(DATASET_OF))
+    p.add_argument("--method", default="frame", choices=["frame", "direct"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target", help="tensor column (default: e_total / elastic_tensor)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--snapshots", type=int, nargs="*", default=[], help="epochs at which val/test are scored")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--dim", type=int, default=64, help="model width d (ff 2d, head [d])")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--limit", type=int, default=None, help="at most N structures per split (quick checks)")
+    p.add_argument("--out", default="benchmarks/tensors")
+    p.add_argument("--summarize", action="store_true", help="choose budgets on val, write CSVs and the table")
     args = p.parse_args()
-    target, kind = SETS[args.dataset]
-    target = args.target or target
-    shape = (6, 6) if kind == "6x6" else (3, 3)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ds = load_shared(args.dataset, args.data_root, targets=[target], target_shapes={target: kind})
-    parts = ds.split()  # the seeded 80/10/10 split of load_shared
-    sets = {s: list(getattr(parts, s).crystals)[: args.limit] for s in ("train", "val", "test")}
-    cols = column_names(target, kind)
-    model = dict(num_layers=2, model_dim=32, num_heads=4, ff_dim=64, head_dims=[32], dist_bins=32, angle_bins=32)
-    recipe = dict(epochs=args.epochs, swa_epochs=0, batch_size=args.batch_size, lr=args.lr, loss="mse",
-                  seed=args.seed)
-    settings = {"dataset": args.dataset, "target": target, "kind": kind, "split_sizes": {s: len(v) for s, v in sets.items()},
-                "model": model, "recipe": recipe, "frame": "max", "preset": "quick"}
-    results = {}
-    for run in args.runs:
-        common = dict(frame="max", model=model, preset="quick", plots=False, tensorboard=False, progress_bar=False,
-                      accelerator="cpu", devices=1, output=str(out / f"run_{target}_{run}"))
-        if run == "frame":
-            splits = Splits(sets["train"], sets["val"], sets["test"], cols, [""] * len(cols))
-            cfg = TrainConfig(data=DataSpec(dataset=args.dataset, root=args.data_root, targets=[target],
-                                            target_shapes={target: kind}), recipe=recipe, **common)
-        else:
-            rng = np.random.default_rng(args.seed)
-            names = [f"{target}_c{k}" for k in range(6 if kind != "6x6" else 21)]
-
-            def comps(c, R=None):
-                t = np.asarray(c.targets).reshape(shape)
-                if R is not None:
-                    t = rotate_tensor(t, R, kind)
-                return independent(t, kind)
-
-            train_rot = []
-            for _ in range(args.epochs):  # one freshly rotated copy of each structure per epoch
-                for c in sets["train"]:
-                    R = random_rotation(rng)
-                    train_rot.append(dataclasses.replace(c, lattice=c.lattice @ R.T, positions=c.positions @ R.T,
-                                                         targets=comps(c, R)))
-            fix = {s: [dataclasses.replace(c, targets=comps(c)) for c in sets[s]] for s in ("val", "test")}
-            splits = Splits(train_rot, fix["val"], fix["test"], names, [""] * len(names))
-            cfg = TrainConfig(data=DataSpec(dataset=args.dataset, root=args.data_root, targets=names),
-                              recipe={**recipe, "epochs": 1}, **common)
-        t0 = time.perf_counter()
-        res = train(cfg, splits=splits, verbose=False, overwrite=True)
-        fit = time.perf_counter() - t0
-        m = res.model.eval()
-        test = sets["test"]
-        truth = np.stack([np.asarray(c.targets).reshape(shape) for c in test])
-        pred = m.predict(test)
-        pred = pred[target] if isinstance(pred, dict) else from_independent(pred, kind)
-        results[run] = {**tensor_metrics(truth, pred), "train_time_s": fit,
-                        "steps": int(res.metrics.get("global_steps", 0))}
-        import pandas as pd
-
-        table = pd.DataFrame({"id": [c.id for c in test]})
-        for name, arr in (("true", truth), ("pred", pred)):
-            for k, col in enumerate(cols):
-                table[f"{name}{col[len(target):]}"] = arr.reshape(len(test), -1)[:, k]
-        table.to_csv(out / f"{target}_{run}_test.csv", index=False, float_format="%.6g")
-        print(run, json.dumps(results[run]), flush=True)
-    (out / f"{target}_results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2))
+    summarize(args) if args.summarize else main_run(args)
 
 
 if __name__ == "__main__":
