@@ -37,7 +37,8 @@ def fresh():
 
 def test_import_loads_no_submodule_and_no_torch(fresh):
     # the version module and the (lazy) training package only: no network, reader or torch import
-    assert fresh["loaded"] == ["crystalframer", "crystalframer._version", "crystalframer.training"]
+    assert fresh["loaded"] == ["crystalframer", "crystalframer._lazy", "crystalframer._version",
+                               "crystalframer.training"]
     assert fresh["torch"] is False
 
 

@@ -6,9 +6,9 @@ torch nor any submodule until a name such as ``crystalframer.CrystalFramer`` is 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from crystalframer._lazy import lazy_exports
 from crystalframer._version import __version__
 
 if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time the names load lazily
@@ -36,15 +36,4 @@ __all__ = ["Crystal", "CrystalFramer", "ECN", "InvalidStructureError", "load", "
            "save_model", "to_crystal", "__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)

@@ -16,6 +16,17 @@ from torch import Tensor
 from crystalframer.data.structures import Crystal
 
 
+def _moved(batch: Any, device, dtype: torch.dtype | None) -> Any:
+    """A copy of a batch dataclass with its tensors on ``device``; ``dtype`` casts the floating ones only."""
+    out = {}
+    for f in fields(batch):
+        v = getattr(batch, f.name)
+        if isinstance(v, Tensor):
+            v = v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else None)
+        out[f.name] = v
+    return type(batch)(**out)
+
+
 @dataclass
 class CrystalBatch:
     """B crystals with N atoms in total.
@@ -52,13 +63,7 @@ class CrystalBatch:
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "CrystalBatch":
         """Move to ``device``; ``dtype`` casts the floating tensors (lattice, positions, species, y)."""
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, Tensor):
-                v = v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else None)
-            out[f.name] = v
-        return CrystalBatch(**out)
+        return _moved(self, device, dtype)
 
     def __len__(self) -> int:
         return self.num_graphs
@@ -129,10 +134,4 @@ class ECNBatch:
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "ECNBatch":
         """Move to ``device``; ``dtype`` casts the floating tensors (species, hubbard, distances, y)."""
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, Tensor):
-                v = v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else None)
-            out[f.name] = v
-        return ECNBatch(**out)
+        return _moved(self, device, dtype)

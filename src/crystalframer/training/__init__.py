@@ -13,8 +13,9 @@ Lightning.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from crystalframer._lazy import lazy_exports
 
 if TYPE_CHECKING:  # static imports for type checkers and IDEs; at run time the names load lazily
     from crystalframer.training.evaluation import evaluate_crystals, predict_crystals
@@ -39,13 +40,4 @@ __all__ = ["PRESETS", "Recipe", "RunResult", "TrainConfig", "WeightAverager", "b
            "population_stats", "predict_crystals", "regression_metrics", "train"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
