@@ -4,6 +4,7 @@ checkpoints with shapes, and the orientation check of tensor labels."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -96,6 +97,12 @@ def test_cli_trains_and_predicts_a_dielectric_tensor(shared_data, tmp_path, monk
     eps = d["e_total"][0]
     np.testing.assert_allclose(eps, eps[0, 0] * np.eye(3), rtol=1e-4, atol=1e-4 * abs(eps[0, 0]))  # cubic: isotropic
     np.testing.assert_allclose(eps.reshape(-1), df.iloc[0, 1:10].to_numpy(float), rtol=1e-6)
+    # evaluate on the shared set's tensor labels: GMTNet metrics for e_total, MAE for band_gap
+    assert main(["evaluate", "run/model.pt", "mp_dielectric_2017", "--data-root", str(shared_data), "--split", "test",
+                 "--limit", "4", "--json", "ev.json", "--device", "cpu"]) == 0
+    ev = json.loads(open("ev.json").read())["metrics"]
+    assert ev["e_total"]["n"] == 4 and ev["e_total"]["fnorm"] > 0 and 0 <= ev["e_total"]["ewt25"] <= 1
+    assert ev["band_gap"]["n"] == 4 and "e_total[2,2]" in ev
 
 
 def test_cli_refuses_tensor_targets_without_frames(shared_data, tmp_path, monkeypatch, capsys):
@@ -104,3 +111,105 @@ def test_cli_refuses_tensor_targets_without_frames(shared_data, tmp_path, monkey
                "--target-shape", "e_total=3x3sym", "--frame", "none", "--limit", "4", *QUICK, *TINY, "-o", "run"])
     assert rc != 0
     assert "frame='none'" in capsys.readouterr().err
+
+
+def _tensor_table(n: int = 12) -> pd.DataFrame:
+    """n small low-symmetry crystals (CIF text) with a symmetric 3x3 label each, as nested-list JSON."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for k in range(n):
+        lat = Lattice.from_parameters(3.0 + 0.1 * k, 3.4, 3.8 + 0.05 * k, 80 + k, 95, 100)
+        s = Structure(lat, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.45 + 0.01 * k, 0.5]])
+        a = rng.normal(size=(3, 3))
+        eps = 5 * np.eye(3) + 0.5 * (a + a.T)
+        rows.append({"id": f"c{k}", "structure": s.to(fmt="cif"), "eps": json.dumps(eps.round(4).tolist()),
+                     "gap": float(rng.uniform(1, 3))})
+    return pd.DataFrame(rows)
+
+
+def _flattened(df: pd.DataFrame) -> pd.DataFrame:
+    """The same table with ``eps`` as nine columns ``eps[i,j]``."""
+    flat = df.drop(columns=["eps"])
+    for k, c in enumerate(expand_targets(["eps"], {"eps": "3x3sym"})):
+        flat[c] = [json.loads(v)[k // 3][k % 3] for v in df["eps"]]
+    return flat
+
+
+FILE_QUICK = [q for q in QUICK if q not in ("--recipe-arg", "loss=mse")]  # the loss follows the targets
+
+
+def test_tensor_targets_from_a_csv_train_and_evaluate(tmp_path, monkeypatch, capsys):
+    """train --data with a nested-list column, then evaluate on flattened columns and on the array column:
+    GMTNet tensor metrics, per-component MAE and per-row predictions; the default loss is MSE."""
+    monkeypatch.chdir(tmp_path)
+    df = _tensor_table()
+    df.to_csv("eps.csv", index=False)
+    _flattened(df).to_csv("flat.csv", index=False)
+    assert main(["train", "--data", "eps.csv", "--targets", "eps", "gap", "--target-shape", "eps=3x3sym",
+                 "--split-fractions", "0.7", "0.15", "0.15", "--frame", "max", *FILE_QUICK, *TINY, "-o", "run"]) == 0
+    assert re.search(r"test \(\w+\) eps: Frobenius error .* EwT25", capsys.readouterr().out)
+    config = json.loads(open("run/config.json").read())
+    assert config["resolved"]["recipe"]["loss"] == "mse"
+    run = json.loads(open("run/metrics.json").read())
+    test = run[run["final_model"]]["test"]
+    assert {"fnorm", "ewt25", "ewt10", "ewt5"} <= set(test["eps"]) and "mae" in test["eps[2,2]"]
+
+    assert main(["evaluate", "run/model.pt", "flat.csv", "-o", "ev.csv", "--json", "ev.json", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "eps: Frobenius error" in out and "EwT25" in out and "eps[0,1]: MAE" in out and "gap: MAE" in out
+    metrics = json.loads(open("ev.json").read())["metrics"]
+    rows = pd.read_csv("ev.csv")
+    assert list(rows["id"]) == list(df["id"])
+    cols = expand_targets(["eps"], {"eps": "3x3sym"})
+    pred, true = rows[cols].to_numpy(), rows[[f"{c}_true" for c in cols]].to_numpy()
+    np.testing.assert_allclose(true, _flattened(df)[cols].to_numpy())
+    err = np.linalg.norm(pred - true, axis=1)
+    rel = err / np.linalg.norm(true, axis=1)
+    assert metrics["eps"]["n"] == 12
+    assert metrics["eps"]["fnorm"] == pytest.approx(err.mean(), rel=1e-9)
+    assert metrics["eps"]["ewt25"] == pytest.approx(float((rel < 0.25).mean()))
+    assert metrics["eps[1,2]"]["mae"] == pytest.approx(np.abs(pred[:, 5] - true[:, 5]).mean(), rel=1e-9)
+    # the array column gives the same numbers
+    assert main(["evaluate", "run/model.pt", "eps.csv", "--json", "ev2.json", "--device", "cpu"]) == 0
+    assert json.loads(open("ev2.json").read())["metrics"]["eps"] == pytest.approx(metrics["eps"])
+
+
+@pytest.mark.parametrize("cell, message", [
+    ("[[1, 2, 3], [4, 5, 6]]", r"column 'eps' of id 'c4' has shape \(2, 3\), expected \(3, 3\)"),
+    ("dielectric", r"column 'eps' of id 'c4' is not an array"),
+    ("[[1, 0, 0], [0, NaN, 0], [0, 0, 1]]", r"column 'eps' of id 'c4' has NaN components"),
+])
+def test_bad_tensor_cells_name_the_row_and_column(tmp_path, monkeypatch, capsys, cell, message):
+    monkeypatch.chdir(tmp_path)
+    df = _tensor_table(6)
+    df.loc[4, "eps"] = cell
+    df.to_csv("eps.csv", index=False)
+    rc = main(["train", "--data", "eps.csv", "--targets", "eps", "--target-shape", "eps=3x3sym", *FILE_QUICK,
+               *TINY, "-o", "run"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "eps.csv" in err
+    assert re.search(message, err), err
+
+
+def test_bad_flattened_cell_names_the_row_and_column(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    flat = _flattened(_tensor_table(6)).astype({"eps[1,0]": object})
+    flat.loc[2, "eps[1,0]"] = "n.a.x"
+    flat.to_csv("flat.csv", index=False)
+    assert main(["train", "--data", "flat.csv", "--targets", "eps", "--target-shape", "eps=3x3sym", *FILE_QUICK,
+                 *TINY, "-o", "run"]) == 2
+    assert "column 'eps[1,0]' of id 'c2' is not a number: 'n.a.x'" in capsys.readouterr().err
+
+
+def test_tensor_targets_default_to_mse_and_an_explicit_loss_wins():
+    from crystalframer.training.trainer import TrainConfig
+
+    def loss(recipe: dict, shapes: dict | None) -> str:
+        data = {"source": "x.csv", "targets": ["eps", "gap"], "target_shapes": shapes}
+        return TrainConfig.from_dict({"data": data, "preset": "quick", "recipe": recipe}).resolved_recipe().loss
+
+    assert loss({}, {"eps": "3x3sym"}) == "mse"
+    assert loss({}, None) == "l1"  # scalars keep the published L1
+    assert loss({"loss": "l1"}, {"eps": "3x3sym"}) == "l1"
+    assert loss({"loss": "smooth_l1"}, {"eps": "6x6"}) == "smooth_l1"

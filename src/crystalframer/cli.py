@@ -296,6 +296,7 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from crystalframer.training.metrics import format_target_metrics
     from crystalframer.training.trainer import TrainConfig, train
 
     cfg = TrainConfig.from_dict(_train_config(args))
@@ -304,13 +305,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.metrics:
         final = result.metrics.get("final_model", "swa")
         test = (result.metrics.get(final) or {}).get("test") or {}
-        units = result.metrics.get("target_units", [])
-        for k, (name, r) in enumerate(test.items()):
-            unit = f" {units[k]}" if k < len(units) and units[k] else ""
-            if "accuracy" in r:
+        names, units = result.metrics.get("target_names", []), result.metrics.get("target_units", [])
+        for name, r in test.items():
+            unit = _unit_of(name, names, units)
+            if "fnorm" in r:
+                print(f"test ({final}) {name}: {format_target_metrics(r, unit)}")
+            elif "accuracy" in r:
                 print(f"test accuracy ({final}) {name}: {r['accuracy']:.4f}  ROC-AUC {r['roc_auc']:.4f}")
             else:
-                print(f"test MAE ({final}) {name}: {r['mae']:.6g}{unit}")
+                print(f"test MAE ({final}) {name}: {r['mae']:.6g}{' ' + unit if unit else ''}")
         print(f"model: {result.run_dir / 'model.pt'}")
     return 0
 
@@ -327,25 +330,39 @@ def _load_model(path: str, device: str):
         raise SystemExit(f"error: {e}") from None
 
 
-def _eval_data(args: argparse.Namespace, names: list[str], task: str = "regression"):
-    from crystalframer.data.io.load import load_dataset
-    from crystalframer.data.sources.shared import SHARED_SETS, load_shared
-    from crystalframer.training.data import binarize_targets, binarized_source, select_targets
+def _eval_data(args: argparse.Namespace, model):
+    """(crystals labelled with the model's output columns, skipped entries) of the data to evaluate on.
 
-    targets = list(args.targets or names)
+    ``--targets`` names the label columns of the model's targets, in order (default: the same names); a
+    vector/tensor target is read with the model's shape (array cells or flattened ``name[i,j]`` columns).
+    """
+    from crystalframer.data.sources.shared import SHARED_SETS, load_shared
+    from crystalframer.data.tensors import expand_targets
+    from crystalframer.training.data import binarize_targets, binarized_source, load_source, select_targets
+    from crystalframer.training.evaluation import target_info, tensor_targets
+
+    names, _ = target_info(model)  # output columns
+    shaped = tensor_targets(model)
+    model_targets = list(model.config["target_names"]) if shaped else names
+    targets = list(args.targets or model_targets)
+    if len(targets) != len(model_targets):
+        raise SystemExit(f"error: --targets names {len(targets)} label columns, the model predicts "
+                         f"{len(model_targets)} targets {model_targets}")
+    shapes = {t: shaped[m] for t, m in zip(targets, model_targets) if m in shaped}
     # a classifier trained with --binarize band_gap=0 predicts "band_gap>0": label the data the same way
+    task = getattr(model, "task", "regression")
     made = {k: binarized_source(t) for k, t in enumerate(targets)} if task == "classification" else {}
     made = {k: v for k, v in made.items() if v is not None}
     targets = [made[k][0] if k in made else t for k, t in enumerate(targets)]
     if args.data in SHARED_SETS and not Path(args.data).exists():
         if not args.data_root:
             raise SystemExit(f"error: {args.data} is a shared data set: give --data-root")
-        ds = load_shared(args.data, args.data_root)
+        ds = load_shared(args.data, args.data_root, **(dict(targets=targets, target_shapes=shapes) if shapes else {}))
     else:
-        ds = load_dataset(args.data, targets=targets)
+        ds = load_source(args.data, targets, {}, shapes)
     if args.split:
         ds = ds.split()[args.split]
-    crystals, got = select_targets(ds, list(targets))
+    crystals, got = select_targets(ds, expand_targets(targets, shapes))
     if made:
         parts, got, _ = binarize_targets({"all": crystals}, list(got), [""] * len(got),
                                          {base: thr for base, thr in made.values()})
@@ -353,6 +370,14 @@ def _eval_data(args: argparse.Namespace, names: list[str], task: str = "regressi
     if len(got) != len(names):
         raise SystemExit(f"error: the data has targets {got}, the model predicts {names}")
     return crystals[: args.limit] if args.limit else crystals, list(getattr(ds, "errors", []))
+
+
+def _unit_of(target: str, names: Sequence[str], units: Sequence[str]) -> str:
+    """The unit of an output column, or of a vector/tensor target (that of its flattened columns)."""
+    for n, u in zip(names, units):
+        if n == target or n.startswith(f"{target}["):
+            return u
+    return ""
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -369,15 +394,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model = _load_model(args.checkpoint, device)
     names, units = target_info(model)
-    crystals, errors = _eval_data(args, names, getattr(model, "task", "regression"))
+    crystals, errors = _eval_data(args, model)
     for e in errors:
         _err(f"skipped {e[1]}: {e[2]}")
     if not crystals:
         _err("error: no structures to evaluate")
         return 1
     metrics, preds = evaluate_crystals(model, crystals, args.batch_size, device)
-    for k, (name, r) in enumerate(metrics.items()):
-        print(f"{name}: {format_target_metrics(r, units[k])}")
+    for name, r in metrics.items():
+        print(f"{name}: {format_target_metrics(r, _unit_of(name, names, units))}")
     if args.output:
         write_predictions_csv(args.output, preds)
     if args.json:

@@ -50,33 +50,62 @@ def tensor_value(v: Any, kind: str, what: str = "value") -> np.ndarray:
     return a
 
 
-def flatten_tensor_columns(df: Any, shapes: Mapping[str, Any]) -> Any:
+def flatten_tensor_columns(df: Any, shapes: Mapping[str, Any], on_error: str = "warn",
+                           id_column: str | None = None) -> Any:
     """A DataFrame with each tensor column ``name`` of ``shapes`` replaced by flattened float columns.
 
-    Rows whose value cannot be read get NaN in every column of that target (a missing label) and a warning
-    naming them.
+    A target already stored as flattened columns (``eps[0,0]``, ``eps[0,1]``, ... all present, no ``eps``
+    column) is kept as it is, its cells checked to be numbers. An empty cell (or ``None``/``nan``) is a missing
+    label. A cell that cannot be read (not an array, another shape, a NaN inside, text in a flattened column):
+    with ``on_error="warn"`` every column of that target becomes NaN (a missing label) with one warning; with
+    ``"raise"`` a ``ValueError`` names the row (its ``id_column`` value, else its index) and the column.
     """
     import warnings
 
+    if on_error not in ("warn", "raise"):
+        raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
     df = df.copy()
+    ids = df[id_column].tolist() if id_column and id_column in df.columns else list(df.index)
+    who = "id" if id_column and id_column in df.columns else "row"
     for name, shape in shapes.items():
         kind = target_kind(shape)
         if kind == "scalar":
             continue
+        cols = column_names(name, kind)
+        if name not in df.columns and all(c in df.columns for c in cols):
+            for c in cols:  # already flattened: numbers (or empty) only
+                vals = []
+                for sid, v in zip(ids, df[c]):
+                    try:
+                        vals.append(float(tensor_value(v, "scalar")))
+                    except ValueError:
+                        msg = f"column {c!r} of {who} {sid!r} is not a number: {str(v)[:60]!r}"
+                        if on_error == "raise":
+                            raise ValueError(msg) from None
+                        warnings.warn(f"{msg}; set missing", stacklevel=2)
+                        vals.append(np.nan)
+                df[c] = vals
+            continue
         if name not in df.columns:
             columns = ", ".join(map(str, df.columns))
-            raise ValueError(f"target {name!r} is not a column of the data (columns: {columns})")
+            raise ValueError(f"target {name!r} is not a column of the data, nor are its flattened columns "
+                             f"{cols[0]} ... {cols[-1]} (columns: {columns})")
         rows, bad = [], []
-        for idx, v in zip(df.index, df[name]):
+        for sid, v in zip(ids, df[name]):
+            what = f"column {name!r} of {who} {sid!r}"
             try:
-                rows.append(tensor_value(v, kind, f"{name} of row {idx}").reshape(-1))
+                t = tensor_value(v, kind, what)
+                if np.isnan(t).any() and not np.isnan(t).all():
+                    raise ValueError(f"{what} has NaN components; give the whole tensor or leave the cell empty")
+                rows.append(t.reshape(-1))
             except ValueError as err:
+                if on_error == "raise":
+                    raise ValueError(f"{err} (a {kind} {name!r} needs {n_columns(kind)} numbers per cell)") from None
                 bad.append(str(err))
                 rows.append(np.full(n_columns(kind), np.nan))
         if bad:
             warnings.warn(f"{len(bad)} value(s) of target {name!r} unreadable, set missing: {bad[0]}", stacklevel=2)
         flat = np.stack(rows) if rows else np.zeros((0, n_columns(kind)))
-        cols = column_names(name, kind)
         df = df.drop(columns=[name])
         for k, c in enumerate(cols):
             df[c] = flat[:, k]

@@ -181,7 +181,7 @@ class _Data:
 
 def _dataset_crystals(spec) -> tuple[list[Crystal], list[str], list[tuple[int, str, str]]]:
     """Every crystal of a DataSpec (all its splits) with the spec's targets."""
-    from crystalframer.training.data import _load_file, select_targets
+    from crystalframer.training.data import load_source, select_targets
 
     if spec.dataset:
         from crystalframer.data.sources.shared import load_shared
@@ -190,9 +190,9 @@ def _dataset_crystals(spec) -> tuple[list[Crystal], list[str], list[tuple[int, s
             raise ValueError(f"shared data set {spec.dataset!r} needs a data root (--data-root)")
         parts = [load_shared(spec.dataset, spec.root, **spec.load_options)]
     elif spec.source:
-        parts = [_load_file(spec.source, spec.targets, spec.load_options)]
+        parts = [load_source(spec.source, spec.targets, spec.load_options)]
     elif spec.train:
-        parts = [_load_file(p, spec.targets, spec.load_options) for p in (spec.train, spec.val, spec.test) if p]
+        parts = [load_source(p, spec.targets, spec.load_options) for p in (spec.train, spec.val, spec.test) if p]
     else:
         raise ValueError("no data given: a Matbench file, a shared data set (dataset + root), or a source file")
     crystals, names, errors = [], [], []

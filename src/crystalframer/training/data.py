@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 from crystalframer.data.structures import Crystal
 
 __all__ = ["DataSpec", "Splits", "EpochShardSampler", "ShardSampler", "CrystalDataModule", "resolve_data",
-           "SHARED_UNITS", "ListDataset", "select_targets", "check_labels", "data_digest"]
+           "SHARED_UNITS", "ListDataset", "select_targets", "check_labels", "data_digest", "load_source"]
 
 #: Largest finite float32: targets beyond it become inf in the model's float32 arithmetic.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -153,20 +153,41 @@ class Splits:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
-def _load_file(path: str, targets: list[str] | None, options: dict[str, Any],
-               target_shapes: dict[str, str] | None = None):
+def load_source(path: str, targets: list[str] | None, options: dict[str, Any],
+                target_shapes: dict[str, str] | None = None):
+    """A file or folder read by ``load_dataset`` with these target columns (``options``: its other arguments).
+
+    Vector/tensor targets (``target_shapes``, e.g. ``{"eps": "3x3sym"}``) are read from a table (CSV, or a
+    pandas split/records JSON) whose column holds one array per row (nested lists, JSON text) or from flattened
+    columns ``eps[0,0]``, ``eps[0,1]``, ... (any source); a cell that cannot be read is a ``ValueError`` naming
+    the row's id and the column.
+    """
     from crystalframer.data.io.load import load_dataset
 
     kw = dict(options)
-    if target_shapes:  # tensor-valued columns of one table: flatten them, then read as usual
+    if target_shapes:
         from pathlib import Path
 
+        from crystalframer.data.io.entries import ID_CANDIDATES, base_name
         from crystalframer.data.io.tables import read_dataframe, read_table
         from crystalframer.data.tensors import expand_targets, flatten_tensor_columns
 
-        df = flatten_tensor_columns(read_table(path), target_shapes)
-        return read_dataframe(df, targets=expand_targets(targets or [], target_shapes),
-                              base_dir=Path(path).parent, name=Path(path).name, **kw)
+        columns = expand_targets(targets or [], target_shapes)
+        p = Path(path)
+        if p.is_file() and base_name(p).endswith((".csv", ".tsv", ".json")):
+            try:
+                df = read_table(p)
+            except ValueError:
+                df = None  # a JSON list of structures, not a table: read below with flattened keys
+            if df is not None:
+                id_column = kw.get("id_column") or next((c for c in ID_CANDIDATES if c in df.columns), None)
+                try:
+                    df = flatten_tensor_columns(df, target_shapes, on_error="raise", id_column=id_column)
+                except ValueError as err:
+                    raise ValueError(f"{p}: {err}") from None
+                return read_dataframe(df, targets=columns, base_dir=p.parent, name=p.name, **kw)
+        kw["targets"] = columns  # other sources: the flattened names are their columns / keys
+        return load_dataset(path, **kw)
     if targets is not None:
         kw["targets"] = list(targets)
     return load_dataset(path, **kw)
@@ -242,7 +263,7 @@ def resolve_data(spec: DataSpec) -> Splits:
         parts = ds.split(from_file=spec.split_file) if spec.split_file else ds.split()
         sets = {s: select_targets(getattr(parts, s), spec.columns) for s in ("train", "val", "test")}
     elif spec.source:
-        ds = _load_file(spec.source, spec.targets, spec.load_options, spec.target_shapes)
+        ds = load_source(spec.source, spec.targets, spec.load_options, spec.target_shapes)
         errors += [tuple(e) for e in getattr(ds, "errors", [])]
         if spec.split_file:
             parts = ds.split(from_file=spec.split_file)
@@ -256,7 +277,7 @@ def resolve_data(spec: DataSpec) -> Splits:
         for s in ("train", "val", "test"):
             path = getattr(spec, s)
             if path:
-                ds = _load_file(path, spec.targets, spec.load_options, spec.target_shapes)
+                ds = load_source(path, spec.targets, spec.load_options, spec.target_shapes)
                 errors += [tuple(e) for e in getattr(ds, "errors", [])]
                 sets[s] = select_targets(ds, spec.columns)
             else:

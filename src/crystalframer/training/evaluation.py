@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,11 +13,13 @@ import torch
 
 from crystalframer.atomic import atomic_open
 from crystalframer.data.structures import Crystal
+from crystalframer.geometry.tensors import column_names
 from crystalframer.nn.heads import to_target_units
-from crystalframer.training.metrics import check_binary_labels, classification_metrics, regression_metrics
+from crystalframer.training.metrics import (check_binary_labels, classification_metrics, regression_metrics,
+                                            tensor_metrics)
 
 __all__ = ["Predictions", "predict_crystals", "evaluate_crystals", "write_predictions_csv", "column_name",
-           "target_info"]
+           "target_info", "tensor_targets"]
 
 
 @dataclass
@@ -30,6 +32,8 @@ class Predictions:
         y_true: (n, T) labels (NaN = missing) or None when the crystals carry no labels.
         names, units: T target names and units.
         task: ``"regression"`` or ``"classification"``.
+        tensors: {vector/tensor target: kind} of a model with shaped targets (their flattened columns
+            ``name[i,j]`` are among ``names``), else empty.
     """
 
     ids: list[str]
@@ -38,18 +42,36 @@ class Predictions:
     names: list[str]
     units: list[str]
     task: str = "regression"
+    tensors: dict[str, str] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, dict[str, float]]:
+        """{column: MAE, RMSE, R², n} (accuracy, ROC-AUC ... for classification), and for each vector/tensor
+        target {name: ``fnorm``, ``rel_fnorm``, ``ewt25/10/5`` (see
+        :func:`~crystalframer.training.metrics.tensor_metrics`), ``mae`` (mean over its components), n}."""
         if self.y_true is None:
             raise ValueError("these structures have no labels; nothing to score")
         if self.task == "classification":
             check_binary_labels(self.y_true, self.names, self.ids)
             return classification_metrics(self.y_true, self.y_pred, self.names)
-        return regression_metrics(self.y_true, self.y_pred, self.names)
+        out = regression_metrics(self.y_true, self.y_pred, self.names)
+        for name, kind in self.tensors.items():
+            cols = [k for k, c in enumerate(self.names) if c in column_names(name, kind)]
+            r = tensor_metrics(self.y_true[:, cols], self.y_pred[:, cols])
+            r["mae"] = float(np.nanmean([out[self.names[k]]["mae"] for k in cols]))
+            out[name] = r
+        return out
+
+
+def tensor_targets(model: torch.nn.Module) -> dict[str, str]:
+    """{name: kind} of a model's vector/tensor targets (empty for an all-scalar model)."""
+    if not getattr(model, "has_geometric_targets", False):
+        return {}
+    return {n: k for n, k in zip(model.config["target_names"], model.target_kinds) if k != "scalar"}
 
 
 def target_info(model: torch.nn.Module) -> tuple[list[str], list[str]]:
-    """(names, units) of a protocol model's targets (units empty where unknown)."""
+    """(names, units) of a protocol model's output columns (units empty where unknown); a vector/tensor
+    target is given by its flattened columns ``name[i,j]``."""
     n = int(model.target_mean.numel())
     cfg = getattr(model, "config", {}) or {}
     names = list(getattr(model, "target_names", None) or cfg.get("target_names") or [f"target_{k}" for k in range(n)])
@@ -91,7 +113,7 @@ def predict_crystals(model: torch.nn.Module, crystals: Sequence[Crystal], batch_
     y_true = (np.concatenate(trues) if trues else np.zeros((0, T))) if have_labels or not crystals else None
     if y_true is not None and y_true.shape[1] != T:
         raise ValueError(f"the structures carry {y_true.shape[1]} labels but the model predicts {T} targets {names}")
-    return Predictions([c.id for c in crystals], y_pred, y_true, names, units, task)
+    return Predictions([c.id for c in crystals], y_pred, y_true, names, units, task, tensor_targets(model))
 
 
 def evaluate_crystals(model: torch.nn.Module, crystals: Sequence[Crystal], batch_size: int = 64,

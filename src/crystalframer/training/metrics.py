@@ -106,7 +106,13 @@ def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, names: Sequen
 
 
 def format_target_metrics(r: dict[str, float], unit: str = "") -> str:
-    """One line for a target's metrics (regression: MAE/RMSE/R²; classification: accuracy/AUC/recalls)."""
+    """One line for a target's metrics (regression: MAE/RMSE/R²; classification: accuracy/AUC/recalls; a
+    vector/tensor target: Frobenius error, EwT and the mean component MAE)."""
+    if "fnorm" in r:
+        u = f" {unit}" if unit else ""
+        ewt = "  ".join(f"EwT{k[3:]} {v:.3f}" for k, v in r.items() if k.startswith("ewt"))
+        return (f"Frobenius error {r['fnorm']:.6g}{u} (relative {r['rel_fnorm']:.4f})  {ewt}  "
+                f"component MAE {r['mae']:.6g}{u}  (n={r['n']})")
     if "accuracy" in r:
         return (f"accuracy {r['accuracy']:.4f}  ROC-AUC {r['roc_auc']:.4f}  recall(1) {r['recall']:.4f}  "
                 f"recall(0) {r['recall_0']:.4f}  log loss {r['log_loss']:.4f}  (n={r['n']})")

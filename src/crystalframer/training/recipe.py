@@ -52,7 +52,8 @@ class Recipe:
         schedule_warmup: W of the inverse-sqrt schedule (4000).
         plateau_factor, plateau_patience, min_lr: the plateau schedule (0.5, 25, 1e-6 as ECN).
         clip_norm: max global gradient norm (``None`` or 0 disables clipping).
-        loss: ``"l1"`` (official), ``"mse"`` or ``"smooth_l1"``, on the normalised scale; or ``"bce"``:
+        loss: ``"l1"`` (official), ``"mse"`` or ``"smooth_l1"``, on the normalised scale (a run with vector or
+            tensor targets defaults to ``"mse"``, see ``TrainConfig.resolved_recipe``); or ``"bce"``:
             binary classification (labels 0/1, e.g. metal vs non-metal as in ECN): the model is built with
             ``task="classification"``, outputs logits, predicts probabilities, and is scored by accuracy,
             ROC-AUC and per-class recall.

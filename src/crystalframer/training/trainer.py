@@ -112,7 +112,19 @@ class TrainConfig:
         return jsonable(d)
 
     def resolved_recipe(self) -> Recipe:
-        return get_recipe(self.preset, **self.recipe)
+        """The preset with the ``recipe`` overrides; with vector/tensor targets the loss defaults to ``"mse"``.
+
+        Why MSE there: the components of a tensor are signed and its error is measured by the Frobenius
+        norm, an L2 quantity; the per-component squared error of the normalised columns sums to ‖ΔT‖²_F,
+        which does not depend on the orientation the crystal is stored in (per-component L1 does). Scalar
+        targets keep the published L1 loss. A ``loss`` given in ``recipe`` always wins; the loss used is
+        recorded with the resolved recipe in the run's ``config.json``.
+        """
+        recipe = get_recipe(self.preset, **self.recipe)
+        shapes = getattr(self.data, "target_shapes", None) or {}
+        if self.recipe.get("loss") is None and recipe.loss == "l1" and any(k != "scalar" for k in shapes.values()):
+            recipe = dataclasses.replace(recipe, loss="mse")
+        return recipe
 
 
 @dataclass
