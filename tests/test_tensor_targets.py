@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -169,9 +170,18 @@ def test_tensor_targets_from_a_csv_train_and_evaluate(tmp_path, monkeypatch, cap
     assert metrics["eps"]["fnorm"] == pytest.approx(err.mean(), rel=1e-9)
     assert metrics["eps"]["ewt25"] == pytest.approx(float((rel < 0.25).mean()))
     assert metrics["eps[1,2]"]["mae"] == pytest.approx(np.abs(pred[:, 5] - true[:, 5]).mean(), rel=1e-9)
-    # the array column gives the same numbers
-    assert main(["evaluate", "run/model.pt", "eps.csv", "--json", "ev2.json", "--device", "cpu"]) == 0
-    assert json.loads(open("ev2.json").read())["metrics"]["eps"] == pytest.approx(metrics["eps"])
+    # the array column, a JSON file of real nested lists and a CIF folder whose id_prop.csv holds the nine
+    # components give the same numbers
+    records = [{**r, "eps": json.loads(r["eps"])} for r in df.to_dict("records")]
+    Path("eps.json").write_text(json.dumps(records))
+    Path("cifs").mkdir()
+    for sid, cif in zip(df["id"], df["structure"]):
+        Path(f"cifs/{sid}.cif").write_text(cif)
+    _flattened(df)[["id", *cols, "gap"]].to_csv("cifs/id_prop.csv", index=False, header=False)
+    for k, source in enumerate(("eps.csv", "eps.json", "cifs")):
+        assert main(["evaluate", "run/model.pt", source, "--json", f"ev{k}.json", "--device", "cpu"]) == 0
+        again = json.loads(open(f"ev{k}.json").read())["metrics"]
+        assert again["eps"] == pytest.approx(metrics["eps"]) and again["gap"] == pytest.approx(metrics["gap"])
 
 
 @pytest.mark.parametrize("cell, message", [
