@@ -21,10 +21,11 @@ components of a symmetric 6×6 matrix, so the output has the full index symmetri
 
 Normalisation and loss: a geometric target is normalised as (T − M)/s with M the mean isotropic part of the
 training tensors and s one scalar (:func:`tensor_normalisation`), which commutes with rotations. Train with the
-per-component MSE (``loss: mse``) on the normalised, flattened columns: for a rank-2 tensor the sum over the 9
-columns is ‖ΔT‖²_F, invariant under rotation, so the loss of a crystal does not depend on the orientation it is
-stored in (per-component L1 does, mildly); for Voigt columns it is the Frobenius norm of the 6×6 matrix, which
-weighs shear components differently from the rank-4 norm but is the same for every orientation up to that.
+per-component MSE (``loss: mse``, the default of runs with such targets) on the normalised, flattened columns: for
+a rank-2 tensor the sum over the 9 columns is ‖ΔT‖²_F, invariant under rotation, so the loss of a crystal does
+not depend on the orientation it is stored in (per-component L1 does, mildly); for Voigt columns it is the
+Frobenius norm of the 6×6 matrix, which weighs shear components differently from the rank-4 norm but is the same
+for every orientation up to that.
 """
 
 from __future__ import annotations
