@@ -148,7 +148,9 @@ def test_tensor_targets_from_a_csv_train_and_evaluate(tmp_path, monkeypatch, cap
     _flattened(df).to_csv("flat.csv", index=False)
     assert main(["train", "--data", "eps.csv", "--targets", "eps", "gap", "--target-shape", "eps=3x3sym",
                  "--split-fractions", "0.7", "0.15", "0.15", "--frame", "max", *FILE_QUICK, *TINY, "-o", "run"]) == 0
-    assert re.search(r"test \(\w+\) eps: Frobenius error .* EwT25", capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert re.search(r"test \(\w+\) eps: Frobenius error .* EwT25", out)  # the final line
+    assert re.search(r"test +best eps: Frobenius error", out)  # the summary
     config = json.loads(open("run/config.json").read())
     assert config["resolved"]["recipe"]["loss"] == "mse"
     run = json.loads(open("run/metrics.json").read())
@@ -178,8 +180,10 @@ def test_tensor_targets_from_a_csv_train_and_evaluate(tmp_path, monkeypatch, cap
     for sid, cif in zip(df["id"], df["structure"]):
         Path(f"cifs/{sid}.cif").write_text(cif)
     _flattened(df)[["id", *cols, "gap"]].to_csv("cifs/id_prop.csv", index=False, header=False)
-    for k, source in enumerate(("eps.csv", "eps.json", "cifs")):
-        assert main(["evaluate", "run/model.pt", source, "--json", f"ev{k}.json", "--device", "cpu"]) == 0
+    df.rename(columns={"eps": "epsilon"}).to_csv("renamed.csv", index=False)  # other label names: --targets
+    for k, (source, *targets) in enumerate((["eps.csv"], ["eps.json"], ["cifs"], ["renamed.csv", "epsilon", "gap"])):
+        assert main(["evaluate", "run/model.pt", source, "--json", f"ev{k}.json", "--device", "cpu",
+                     *(["--targets", *targets] if targets else [])]) == 0
         again = json.loads(open(f"ev{k}.json").read())["metrics"]
         assert again["eps"] == pytest.approx(metrics["eps"]) and again["gap"] == pytest.approx(metrics["gap"])
 

@@ -669,8 +669,8 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
             res = (metrics.get(which) or {}).get(split)
             if not res:
                 continue
-            for k, t in enumerate(names):
-                unit = units[k] if k < len(units) else ""
+            for t in [*names, *(t for t in res if t not in names)]:  # then each vector/tensor target's own line
+                unit = next((u for n, u in zip(names, units) if n == t or n.startswith(f"{t}[")), "")
                 lines.append(f"{split} {which:>4} {t}: {format_target_metrics(res[t], unit)}")
     if metrics.get("best_epoch", -1) >= 0:
         lines.append(f"best epoch {metrics['best_epoch'] + 1} "
