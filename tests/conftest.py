@@ -39,21 +39,30 @@ def bench_dir() -> Path:
     return _need(BENCH)
 
 
+def _read_golden() -> list[dict] | None:
+    path = GOLDEN / "structures.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 @pytest.fixture(scope="session")
 def golden_structures(golden_dir):
     """The 24 real structures of ../shared/golden as dicts (id, lattice, species, cart_coords)."""
-    return json.loads((golden_dir / "structures.json").read_text())
+    return _read_golden()
 
 
 @pytest.fixture(scope="session")
-def real_low_symmetry(golden_structures):
-    """Real low-symmetry structures (golden tie class A: no near-ties in max frames) as pymatgen Structures."""
+def golden_or_none() -> list[dict] | None:
+    """The golden structures where the shared folder is present, else None (for fixtures with a fallback)."""
+    return _read_golden()
+
+
+def golden_to_structures(golden: list[dict], ids) -> list:
+    """Golden dicts with the given ids, in the order of ``ids``, as pymatgen Structures (id in properties)."""
     from pymatgen.core import Lattice, Structure
 
-    ids = {"mp-567341", "mp-1101159", "mp-1185517", "mp-2287", "mp-12177"}
-    return [Structure(Lattice(s["lattice"]), s["species"], s["cart_coords"], coords_are_cartesian=True,
-                      properties={"id": s["id"]})
-            for s in golden_structures if s["id"] in ids]
+    by_id = {s["id"]: s for s in golden}
+    return [Structure(Lattice(by_id[i]["lattice"]), by_id[i]["species"], by_id[i]["cart_coords"],
+                      coords_are_cartesian=True, properties={"id": i}) for i in ids]
 
 
 def _rattle(structure, amount: float = 0.05, seed: int = 0):
@@ -62,6 +71,56 @@ def _rattle(structure, amount: float = 0.05, seed: int = 0):
     for i in range(len(s)):
         s.translate_sites([i], rng.normal(scale=amount, size=3), frac_coords=False, to_unit_cell=False)
     return s
+
+
+def built_low_symmetry() -> list:
+    """Five low-symmetry cells built with pymatgen (realistic lattices and bond lengths ≥ 1.2 Å), rattled by
+    0.15 Å so that they are P1 and no frame choice is a near-tie. Same roles, by position, as the golden set:
+    [2] is triclinic, [4] has 14 atoms."""
+    from pymatgen.core import Lattice, Structure
+
+    protos = [
+        ("PrCoC2-Cc-rattled", "Cc", Lattice.monoclinic(6.9, 3.8, 7.4, 98.0), ["Pr", "Co", "C", "C"],
+         [[0.0, 0.12, 0.0], [0.31, 0.64, 0.27], [0.18, 0.33, 0.61], [0.43, 0.07, 0.82]]),
+        ("ZrNO-Pna21-rattled", "Pna2_1", Lattice.orthorhombic(5.5, 5.9, 5.6), ["Zr", "N", "O"],
+         [[0.12, 0.21, 0.0], [0.37, 0.43, 0.26], [0.71, 0.09, 0.58]]),
+        ("MgAl2H6-P-1-rattled", "P-1", Lattice.from_parameters(4.8, 4.9, 6.5, 95, 99, 123),
+         ["Mg", "Al", "H", "H", "H"],
+         [[0.0, 0.0, 0.0], [0.31, 0.62, 0.27], [0.13, 0.41, 0.58], [0.72, 0.17, 0.36], [0.46, 0.88, 0.19]]),
+        ("SiRh-P21c-rattled", "P2_1/c", Lattice.monoclinic(5.6, 4.6, 4.6, 114.0), ["Si", "Rh"],
+         [[0.11, 0.23, 0.37], [0.62, 0.09, 0.21]]),
+        ("Te2O5-P21-rattled", "P2_1", Lattice.monoclinic(5.5, 4.8, 8.2, 103.0), ["Te", "Te"] + ["O"] * 5,
+         [[0.05, 0.0, 0.12], [0.41, 0.31, 0.37], [0.21, 0.62, 0.05], [0.77, 0.18, 0.22], [0.33, 0.85, 0.61],
+          [0.92, 0.47, 0.43], [0.58, 0.71, 0.86]]),
+    ]
+    out = []
+    # seeds chosen so that random-init max, static and PCA frames have no accidental near-tie (< 1e-6 relative)
+    for seed, (name, group, lattice, species, coords) in zip([17, 25, 31, 30, 21], protos):
+        s = _rattle(Structure.from_spacegroup(group, lattice, species, coords), amount=0.15, seed=seed)
+        s.properties["id"] = name
+        out.append(s)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_low_symmetry(golden_or_none):
+    """Real low-symmetry structures (golden tie class A: no near-ties in max frames) as pymatgen Structures;
+    without the shared folder, the pymatgen-built cells of ``built_low_symmetry`` (same properties)."""
+    if golden_or_none is None:
+        return built_low_symmetry()
+    return golden_to_structures(golden_or_none, ["mp-567341", "mp-1101159", "mp-1185517", "mp-2287", "mp-12177"])
+
+
+@pytest.fixture(scope="session")
+def non_primitive_cell(golden_or_none):
+    """A low-symmetry cell that is not primitive: the real MP cell mp-567345 (NbRh, P2/m, 18 atoms), or
+    without the shared folder a C-centred conventional NbRh cell (C2/m, 8 atoms; primitive cell 4 atoms)."""
+    from pymatgen.core import Lattice, Structure
+
+    if golden_or_none is not None:
+        return golden_to_structures(golden_or_none, ["mp-567345"])[0]
+    return Structure.from_spacegroup("C2/m", Lattice.monoclinic(11.2, 2.9, 4.9, 101.0), ["Nb", "Rh"],
+                                     [[0.11, 0.0, 0.23], [0.36, 0.0, 0.71]])
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from crystalframer.frames.lattice import lattice_frame
 from crystalframer.frames.ties import lattice_frame_set, resolve_mode
 from crystalframer.nn.angular import angle_features, angle_histogram, frame_set_angle_psi
 from crystalframer.nn.basis import AngleBasis
+from tests.conftest import golden_to_structures
 from tests.helpers import SKEW, change_basis, permute, random_rotation, reimage, rotate, supercell, translate
 
 REL = 1e-5
@@ -47,14 +48,6 @@ def _model(frame: str, layers: int = 2, k_boost: float = 100.0, **opts) -> cf.Cr
     return m
 
 
-def _golden(golden_structures, ids):
-    from pymatgen.core import Lattice, Structure
-
-    by_id = {s["id"]: s for s in golden_structures}
-    return [Structure(Lattice(by_id[i]["lattice"]), by_id[i]["species"], by_id[i]["cart_coords"],
-                      coords_are_cartesian=True) for i in ids]
-
-
 def _symmetric_cells():
     from pymatgen.core import Lattice, Structure
 
@@ -70,11 +63,45 @@ def _symmetric_cells():
             "ZnO-wurtzite": wz, "Al-fcc": fcc, "Fe-bcc": bcc, "Ti-hcp": hcp}
 
 
+def _built_class_d():
+    """Symmetric multi-atom crystals built with pymatgen (real lattice constants) whose max frames tie, for
+    when the golden class-D cells are absent: rutile TiO2, diamond Si, hcp Mg, fluorite CaF2, wurtzite CdS."""
+    from pymatgen.core import Lattice, Structure
+
+    return {
+        "TiO2-rutile": Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"],
+                                                 [[0, 0, 0], [0.3048, 0.3048, 0]]),
+        "Si-diamond": Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"],
+                                                [[0.125, 0.125, 0.125]]).get_primitive_structure(),
+        "Mg-hcp": Structure.from_spacegroup("P6_3/mmc", Lattice.hexagonal(3.209, 5.211), ["Mg"],
+                                            [[1 / 3, 2 / 3, 0.25]]),
+        "CaF2-fluorite": Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.463), ["Ca", "F"],
+                                                   [[0, 0, 0], [0.25, 0.25, 0.25]]).get_primitive_structure(),
+        "CdS-wurtzite": Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(4.136, 6.714), ["Cd", "S"],
+                                                  [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.377]]),
+    }
+
+
 @pytest.fixture(scope="module")
-def symmetric(golden_structures):
-    cells = _symmetric_cells()
-    cells.update(zip(CLASS_D, _golden(golden_structures, CLASS_D)))
-    return cells
+def class_d(golden_or_none):
+    """Symmetric real crystals whose max frames tie (golden class D), or pymatgen-built ones without the
+    shared folder."""
+    if golden_or_none is None:
+        return _built_class_d()
+    return dict(zip(CLASS_D, golden_to_structures(golden_or_none, CLASS_D)))
+
+
+@pytest.fixture(scope="module")
+def class_a(golden_or_none, real_low_symmetry):
+    """Real low-symmetry crystals without near-ties (golden class A), or the pymatgen-built ones."""
+    if golden_or_none is None:
+        return real_low_symmetry
+    return golden_to_structures(golden_or_none, CLASS_A)
+
+
+@pytest.fixture(scope="module")
+def symmetric(class_d):
+    return {**_symmetric_cells(), **class_d}
 
 
 TRANSFORMS = {
@@ -102,10 +129,10 @@ def test_tie_option_is_validated_and_auto_follows_mode_and_noise():
         assert resolve_mode(mode, training=True, noise=0.0) == mode
 
 
-def test_default_model_averages_in_eval_and_is_deterministic(symmetric):
+def test_default_model_averages_in_eval_and_is_deterministic(symmetric, class_d):
     torch.manual_seed(0)
     m = cf.CrystalFramer(frame="max", num_layers=2).eval()  # published defaults: frame_noise = 1e-5
-    s = [symmetric["Ti-hcp"], symmetric["JVASP-35497"]]
+    s = [symmetric["Ti-hcp"], next(iter(class_d.values()))]
     a, b = m.predict(s), m.predict(s)
     assert np.array_equal(a, b)
     batch = collate([to_crystal(x) for x in s])
@@ -132,17 +159,17 @@ def test_symmetric_crystals_are_deterministic_and_invariant(frame, opts, symmetr
         assert rel[k] < REL, f"{frame}: {tname} changed {names[k]} by {rel[k]:.2e} (relative)"
 
 
-def test_max_frames_depend_on_attention_in_the_test_models(symmetric):
-    structs = [symmetric["SrTiO3"], symmetric["JVASP-35497"]]
+def test_max_frames_depend_on_attention_in_the_test_models(symmetric, class_d):
+    structs = [symmetric["SrTiO3"], next(iter(class_d.values()))]
     a = _model("max").predict(structs)
     b = _model("static").predict(structs)
     assert np.abs(a - b).max() > 1e-4
 
 
-def test_first_wins_order_is_not_invariant_on_class_d(symmetric):
+def test_first_wins_order_is_not_invariant_on_class_d(class_d):
     """Guards the test above: without the policy, rotations move class-D predictions well above REL."""
     m = _model("max", ties="first")
-    structs = [symmetric[n] for n in CLASS_D]
+    structs = list(class_d.values())
     ref = m.predict(structs)[:, 0]
     out = m.predict([rotate(s, random_rotation(100 + k)) for k, s in enumerate(structs)])[:, 0]
     assert (np.abs(out - ref) / np.abs(ref)).max() > 20 * REL
@@ -151,7 +178,7 @@ def test_first_wins_order_is_not_invariant_on_class_d(symmetric):
 # -- no ties, no change ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("frame,opts", [("max", {}), ("static", {}), ("weighted_pca", {"signs": "moment"})])
-def test_low_symmetry_structures_are_unchanged(frame, opts, golden_structures):
+def test_low_symmetry_structures_are_unchanged(frame, opts, class_a):
     """Golden class A (no near-ties): the policy finds single-frame sets and changes nothing.
 
     weighted_pca is compared with deterministic "moment" signs on both sides (the published random signs
@@ -159,7 +186,7 @@ def test_low_symmetry_structures_are_unchanged(frame, opts, golden_structures):
     Plain random-init models (no W_k boost): with it, mp-781050 gets an accidental near-tie of 1.5e-5
     between two different atoms, inside the tolerance (and then rightly averaged).
     """
-    structs = _golden(golden_structures, CLASS_A)
+    structs = class_a
     first = _model(frame, k_boost=1.0, ties="first", **opts)
     avg = _model(frame, k_boost=1.0, ties="average", **opts)
     sets = []

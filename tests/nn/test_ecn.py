@@ -370,16 +370,13 @@ def test_non_primitive_cell_gives_the_prediction_of_its_primitive_cell(group, cr
         torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
 
 
-def test_real_structures_prediction_invariances(real_low_symmetry, golden_structures):
-    from pymatgen.core import Lattice, Structure
-
+def test_real_structures_prediction_invariances(real_low_symmetry, non_primitive_cell):
     m = _model("p1")
     cs = [to_crystal(s) for s in real_low_symmetry]
     ref = _predict(m, cs)
     torch.testing.assert_close(_predict(m, [moved(c, 5) for c in cs]), ref, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(_predict(m, [supercell(moved(c, 6), 2) for c in cs]), ref, rtol=1e-9, atol=1e-9)
-    d = next(x for x in golden_structures if x["id"] == "mp-567345")  # a real non-primitive MP cell
-    s = Structure(Lattice(d["lattice"]), d["species"], d["cart_coords"], coords_are_cartesian=True)
+    s = non_primitive_cell
     torch.testing.assert_close(_predict(m, [to_crystal(s)]), _predict(m, [to_crystal(s.get_primitive_structure())]),
                                rtol=1e-9, atol=1e-9)
 

@@ -114,7 +114,7 @@ def test_per_slot_path_for_large_cells_equals_per_pair_path(frame, real_low_symm
 
     torch.manual_seed(0)
     m = cf.CrystalFramer(frame=frame, frame_noise=0.0, num_layers=2).eval()
-    prim = real_low_symmetry[4]  # mp-12177, 14 atoms
+    prim = real_low_symmetry[4]  # 14 atoms
     big = prim * [3, 3, 3]
     b_big = collate([to_crystal(big)])
     assert not sphere_images(b_big.lattice, b_big.pos, b_big.ptr, 9.0).use_pairs  # ~ the radius at init
