@@ -59,11 +59,9 @@ def structures(path: Path, ids=None):
 
 
 def rotation(seed: int) -> np.ndarray:
-    q = np.random.default_rng(seed).normal(size=4)
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    from crystalframer.testing import random_rotation
+
+    return random_rotation(seed)
 
 
 def _new(s, lattice, species, cart):
