@@ -206,10 +206,21 @@ def save_dataset(path: str | os.PathLike, dataset: CrystalDataset, key: str,
         targets=targets,
     )
     header["content_sha256"] = _content_sha256(header, arrays)
-    arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    write_npz(path, header, arrays)
+    return path
+
+
+
+def write_npz(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` plus a JSON ``header`` (stored as bytes, so no pickle is needed to read it) atomically."""
+    arrays = dict(arrays, header=np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8))
     with atomic_open(path) as f:
         np.savez(f, **arrays)
-    return path
+
+
+def npz_header(z: Any) -> dict[str, Any]:
+    """The JSON header of an open file written by :func:`write_npz`."""
+    return json.loads(bytes(z["header"]).decode("utf-8"))
 
 
 def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +242,7 @@ def load_cached(path: str | os.PathLike, key: str) -> CrystalDataset | None:
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            header = json.loads(bytes(z["header"]).decode("utf-8"))
+            header = npz_header(z)
             if header.get("schema") != CACHE_SCHEMA_VERSION or header.get("key") != key:
                 return None
             for dep, digest in header.get("dependencies", {}).items():

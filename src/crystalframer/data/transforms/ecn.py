@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from crystalframer.atomic import atomic_open
 from crystalframer.data.batch import ECNBatch
+from crystalframer.data.cache import npz_header, write_npz
 from crystalframer.data.structures import Crystal, to_crystal
 from crystalframer.data.transforms.ecn_graph import (
     ECNGraph,
@@ -71,7 +71,7 @@ class GraphCache:
             return None
         try:
             with np.load(p, allow_pickle=False) as z:
-                header = json.loads(bytes(z["header"]).decode("utf-8"))
+                header = npz_header(z)
                 if header.get("schema") != SCHEMA_VERSION or header.get("key") != key:
                     return None
                 arrays = {name: np.array(z[name]) for name in _ARRAYS}
@@ -88,9 +88,7 @@ class GraphCache:
         header = {"schema": SCHEMA_VERSION, "key": key, "id": graph.id, "hubbard": graph.hubbard,
                   "connected": bool(graph.connected), "info": _jsonable(graph.info)}
         arrays = {name: getattr(graph, name) for name in _ARRAYS}
-        arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-        with atomic_open(p) as f:
-            np.savez(f, **arrays)
+        write_npz(p, header, arrays)
         return p
 
 
