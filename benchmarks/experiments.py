@@ -47,6 +47,10 @@ RUNS = {
     # the mp_20 pair with a 10-epoch budget (mp20_none above: 30 epochs)
     "mp20_none_e10": ("mp_20", "CrystalFramer", {"frame": "none", **SMALL}, 10),
     "mp20_max_e10": ("mp_20", "CrystalFramer", {"frame": "max", **SMALL}, 10),
+    # tabulated element properties added to the atom embedding (nn/elements.py), against mp20_max rerun beside
+    # it with today's code (mp20_max_ref: the same settings as mp20_max)
+    "mp20_max_ref": ("mp_20", "CrystalFramer", {"frame": "max", **SMALL}, 30),
+    "mp20_max_elem": ("mp_20", "CrystalFramer", {"frame": "max", "element_features": True, **SMALL}, 30),
 }
 
 
@@ -111,6 +115,8 @@ def table_rows(results: dict) -> list[str]:
         label = {"perov_5": "Perov-5", "mp_20": "mp_20 E_form"}[r["protocol"]]
         if r["model"].get("frame_options"):
             what += " " + ", ".join(f"{k}={v}" for k, v in r["model"]["frame_options"].items())
+        if r["model"].get("element_features"):
+            what += " + element features"
         times = [t for t in r.get("epoch_times_s") or [] if t is not None]
         # runs recorded before epoch times were kept: the wall time per epoch (with evaluation) bounds it
         per_epoch = f"{statistics.median(times):.0f} s" if times else f"≤ {r['wall_s'] / r['epochs']:.0f} s"

@@ -3,6 +3,10 @@ rows, score on the rest of them. The test rows of every fold stay unseen.
 
     python benchmarks/matbench/explore.py NAME --model num_layers=2 ... [--recipe epochs=100 lr=1e-3 ...]
         [--transform log] [--fold 1] [--seeds 3]
+    python benchmarks/matbench/explore.py --combine biglog_e16 biglog_e16_mse   # average recorded runs
+
+``--combine`` averages the recorded inner-validation predictions of runs ``f<K>_<NAME>`` for K = 0, 1 and
+prints the MAE of the average, for the rows below / above 200 meV/atom too (no training).
 
 Each run appends {name, settings, inner-val MAE (final and best-epoch model), wall time, load} to
 benchmarks/matbench/explore.json.
@@ -50,7 +54,24 @@ def inner_splits(fold: int = 0, fraction: float = 0.2, seed: int = 0):
     return [pool[i] for i in sorted(idx["train"])], [pool[i] for i in sorted(idx["val"])]
 
 
+def combine(names: list[str]) -> None:
+    runs = {r["name"]: r for r in json.loads(LOG.read_text())}
+    for fold in (0, 1):
+        yt = np.array([c.targets[0] for c in inner_splits(fold)[1]])
+        for mean in ("arithmetic", "geometric"):
+            preds = np.array([runs[f"f{fold}_{n}"]["members"][0]["val_predictions"] for n in names])
+            yp = preds.mean(0) if mean == "arithmetic" else np.exp(np.log(preds).mean(0))
+            e = np.abs(yp - yt)
+            print(f"fold {fold} {mean} mean of {names}: {e.mean():.2f} (bulk {e[yt < 200].mean():.1f}, "
+                  f"tail {e[yt >= 200].mean():.1f})")
+
+
 def main() -> None:
+    import sys
+
+    if sys.argv[1:2] == ["--combine"]:
+        combine(sys.argv[2:])
+        return
     p = argparse.ArgumentParser()
     p.add_argument("name")
     p.add_argument("--frame", default="max")

@@ -543,6 +543,8 @@ def _add_cv_parser(sub) -> None:
                    help="share of each fold's training rows held out for validation (default 0.1)")
     f.add_argument("--val-seed", type=int, default=0, help="seed of the validation rows (plus the fold number)")
     f.add_argument("--ensemble", type=int, default=1, help="models per fold (seeds seed..seed+N-1), averaged")
+    f.add_argument("--ensemble-losses", nargs="+", choices=["l1", "mse", "smooth_l1"], metavar="LOSS",
+                   help="one member per loss, e.g. l1 mse (averaged; sets --ensemble)")
     f.add_argument("--select", choices=["final", "best"], default="final",
                    help="model that predicts the test rows: final (SWA average, default) or best (best val epoch)")
     f.add_argument("--jobs", type=int, default=1, help="folds trained at once in separate processes")
@@ -611,7 +613,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     res = cross_validate(TrainConfig.from_dict(cfg), args.output, matbench=args.matbench, n_folds=args.n_folds,
                          fold_seed=fold_seed, fold_file=args.fold_file, folds=args.folds,
                          val_fraction=args.val_fraction, val_seed=args.val_seed, ensemble=args.ensemble,
-                         select=args.select, jobs=args.jobs, leaderboard=args.leaderboard, name=args.name,
+                         ensemble_losses=args.ensemble_losses, select=args.select, jobs=args.jobs, leaderboard=args.leaderboard, name=args.name,
                          command="crystalframer " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["cv"] else "",
                          verbose=not args.quiet)
     print(f"summary: {res.run_dir / 'summary.md'}")

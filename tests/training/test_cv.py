@@ -193,3 +193,20 @@ def test_cv_parallel_folds_ensemble_and_best_model(tmp_path, monkeypatch):
     assert Path("run/parity.png").is_file() and Path("run/fold_0/member_1/model.pt").is_file()
     again = cross_validate(cfg, "run", n_folds=2, fold_seed=5, ensemble=2, select="best", jobs=2, verbose=False)
     assert again.trained == [] and again.results["folds"] == res.results["folds"]
+
+
+def test_cv_ensemble_of_losses_from_the_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _write_matbench(Path("matbench_toy.json.gz"), 10)
+    base = ["cv", "--matbench", "matbench_toy.json.gz", "--n-folds", "2", "--folds", "0", *TINY_CV]
+    assert main([*base, "--ensemble-losses", "l1", "mse", "-o", "run"]) == 0
+    res = json.loads(Path("run/results.json").read_text())
+    fold = res["folds"]["fold_0"]
+    assert [(m["seed"], m["loss"]) for m in fold["members"]] == [(123, "l1"), (124, "mse")]
+    np.testing.assert_allclose(fold["predictions"], np.mean([m["predictions"] for m in fold["members"]], axis=0))
+    for j, loss in enumerate(("l1", "mse")):  # the loss each member really trained with
+        assert json.loads(Path(f"run/fold_0/member_{j}/config.json").read_text())["resolved"]["recipe"]["loss"] == loss
+    # a member count that contradicts the losses is refused before anything trains
+    assert main([*base, "--ensemble", "3", "--ensemble-losses", "l1", "mse", "-o", "run2"]) == 2
+    assert "one loss per member" in capsys.readouterr().err
+    assert not Path("run2/fold_0").exists()

@@ -13,6 +13,7 @@ from crystalframer.geometry.images import IMAGE_TOL, SpherePool, sphere_images, 
 from crystalframer.geometry.tensors import column_names, n_columns, target_kind
 from crystalframer.nn.attention import DistanceDecayAttention, Geometry
 from crystalframer.nn.basis import AngleBasis, DistanceBasis
+from crystalframer.nn.elements import element_property_table
 from crystalframer.nn.heads import check_task
 from crystalframer.nn.tensor_heads import FrameTensorHead
 
@@ -81,6 +82,9 @@ class CrystalFramerNet(nn.Module):
             rotated back (:mod:`crystalframer.nn.tensor_heads`), exactly equivariant; they need a frame
             method. Outputs are then flattened per target (``target_names`` lists the columns, e.g.
             ``e_total[0,1]``), and ``target_mean``/``target_std`` have one entry per column.
+        element_features: add a linear map of tabulated element properties (group, row, electronegativity,
+            radii, valence shells, ...; :mod:`crystalframer.nn.elements`) to the learned atom embedding, so that
+            what is learned about one element carries over to chemically similar ones (small data sets).
     """
 
     def __init__(self, frame: str = "max", n_targets: int = 1, target_names: Sequence[str] | None = None,
@@ -91,7 +95,8 @@ class CrystalFramerNet(nn.Module):
                  basis_window: bool = False, images: str = "sphere", cutoff: float | None = None,
                  box_sigma: float = 3.5, box_min: int = 2, frame_noise: float = 1e-5, image_tol: float = IMAGE_TOL,
                  frame_options: dict[str, Any] | None = None, target_units: Sequence[str] | None = None,
-                 task: str = "regression", target_shapes: Sequence[Any] | None = None):
+                 task: str = "regression", target_shapes: Sequence[Any] | None = None,
+                 element_features: bool = False):
         super().__init__()
         check_task(task)
         if images not in ("sphere", "box"):
@@ -132,6 +137,12 @@ class CrystalFramerNet(nn.Module):
         self.dist_basis = DistanceBasis(dist_bins, dist_max, dist_width, window=basis_window)
         angle_basis = AngleBasis(angle_bins, angle_width, window=basis_window)
         self.embedding = nn.Linear(N_ELEMENTS, model_dim, bias=False)
+        if element_features:
+            # tabulated element properties, added to the learned embedding; kept in the state_dict so that a
+            # checkpoint does not depend on the pymatgen version that loads it
+            self.config["element_features"] = True  # recorded only when on: older configs stay as they were
+            self.register_buffer("element_table", element_property_table(N_ELEMENTS))
+            self.element_embedding = nn.Linear(self.element_table.shape[1], model_dim, bias=False)
         layers = []
         for layer in range(num_layers):
             # frame methods with learned parts (SPFrame) name the sizes they need in ``context``
@@ -161,6 +172,9 @@ class CrystalFramerNet(nn.Module):
         W2 scaled by 0.67 L^-1/4."""
         L, d = len(self.layers), self.config["model_dim"]
         nn.init.normal_(self.embedding.weight, std=d**-0.5 * (9 * L) ** -0.25)
+        if hasattr(self, "element_embedding"):  # P unit-variance inputs: the same output scale as the one-hot
+            P = self.element_embedding.in_features
+            nn.init.normal_(self.element_embedding.weight, std=d**-0.5 * (9 * L) ** -0.25 / P**0.5)
         with torch.no_grad():
             for blk in self.layers:
                 for w in (blk.attn.w_v, blk.attn.out.weight, blk.ff1.weight, blk.ff2.weight):
@@ -210,6 +224,8 @@ class CrystalFramerNet(nn.Module):
         """Run the blocks. Returns ``x`` (N, d) and, with ``keep``, per-layer states, a and frames."""
         geo = self.geometry(batch)
         x = self.embedding(batch.species)
+        if hasattr(self, "element_embedding"):
+            x = x + self.element_embedding(batch.species @ self.element_table.to(batch.species.dtype))
         states, infos = [], []
         for layer, blk in enumerate(self.layers):
             x, info = blk(x, geo, layer)

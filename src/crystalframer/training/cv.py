@@ -271,6 +271,8 @@ def _fold_job(job: Mapping[str, Any]) -> dict[str, Any]:
         cfg = TrainConfig.from_dict(copy.deepcopy(job["config"]))
         cfg.output = str(fold_dir / f"member_{j}")
         cfg.recipe = {**cfg.recipe, "seed": int(cfg.resolved_recipe().seed) + j}
+        if job.get("losses"):
+            cfg.recipe["loss"] = job["losses"][j]
         tj = time.perf_counter()
         res = train(cfg, resume=True, splits=Splits(list(train_set), list(val_set), [], names, units),
                     verbose=bool(job.get("verbose")))
@@ -279,7 +281,7 @@ def _fold_job(job: Mapping[str, Any]) -> dict[str, Any]:
         val = (res.metrics.get("best" if job["select"] == "best" else final) or {}).get("val") or {}
         p = predict_crystals(model, test_set, int(job["eval_batch_size"]), "cpu")
         preds.append(p.y_pred[:, 0])
-        members.append({"seed": cfg.recipe["seed"], "predictions": p.y_pred[:, 0].tolist(),
+        members.append({"seed": cfg.recipe["seed"], "loss": cfg.resolved_recipe().loss, "predictions": p.y_pred[:, 0].tolist(),
                         "val_mae": (val.get(names[0]) or {}).get("mae"),
                         "best_epoch": res.metrics.get("best_epoch"), "epochs": res.metrics.get("epochs"),
                         "fit_time_s": res.metrics.get("fit_time_s"), "wall_s": time.perf_counter() - tj})
@@ -390,8 +392,8 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
                    data: Sequence[Crystal] | CrystalDataset | None = None, n_folds: int = 5,
                    fold_seed: int | None = MATBENCH_SEED, fold_file: str | os.PathLike | None = None,
                    folds: Sequence[int] | None = None, val_fraction: float = 0.1, val_seed: int = 0,
-                   ensemble: int = 1, select: str = "final", jobs: int = 1,
-                   leaderboard: str | os.PathLike | None = None,
+                   ensemble: int = 1, ensemble_losses: Sequence[str] | None = None, select: str = "final",
+                   jobs: int = 1, leaderboard: str | os.PathLike | None = None,
                    name: str | None = None, command: str = "", verbose: bool = True) -> CVResult:
     """k-fold cross-validation of a model configuration.
 
@@ -407,6 +409,9 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
         val_fraction: share of each fold's training rows held out for validation (seeded by
             ``val_seed + fold``); 0 trains on all of them (no best-epoch model then).
         ensemble: models per fold (seeds recipe seed + 0..ensemble−1), test predictions averaged.
+        ensemble_losses: one training loss per member (e.g. ``["l1", "mse"]``; sets ``ensemble`` to its length).
+            Members trained with different losses err differently: on a heavy-tailed target an L1 model fits the
+            bulk and an MSE model the tail, and their average beats two seeds of either.
         select: ``"final"`` (SWA average, or last weights without SWA) or ``"best"`` (best validation epoch).
         jobs: folds trained at once in separate processes, each with ``os.cpu_count() // jobs`` threads.
         leaderboard: a markdown leaderboard table to print beside (default for jdft2d: the published rows).
@@ -423,6 +428,14 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
         raise ValueError(f"select must be 'final' or 'best', got {select!r}")
     if not 0 <= float(val_fraction) < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if ensemble_losses is not None:
+        ensemble_losses = [str(loss) for loss in ensemble_losses]
+        if not ensemble_losses or (int(ensemble) != 1 and int(ensemble) != len(ensemble_losses)):
+            raise ValueError(f"ensemble_losses {ensemble_losses} must name one loss per member "
+                             f"(ensemble={ensemble})")
+        for loss in ensemble_losses:  # fails before any fold starts
+            config.resolved_recipe().replace(loss=loss)
+        ensemble = len(ensemble_losses)
     if int(ensemble) < 1 or int(jobs) < 1:
         raise ValueError("ensemble and jobs must be >= 1")
     if select == "best" and float(val_fraction) == 0:
@@ -442,6 +455,8 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
                 "fold_ids_sha256": hashlib.sha256(json.dumps(d.folds).encode()).hexdigest(),
                 "val_fraction": float(val_fraction), "val_seed": int(val_seed), "ensemble": int(ensemble),
                 "select": select, "target": d.target_names[0]}
+    if ensemble_losses is not None:  # only when given: the settings keys of earlier runs stay as they were
+        settings["ensemble_losses"] = ensemble_losses
     # Output-only switches (figures, logs, progress) may change between a run and its resumption.
     key = _settings_key({**settings, "config": {k: v for k, v in cfg_doc.items()
                                                 if k not in ("plots", "tensorboard", "progress_bar")}})
@@ -466,7 +481,8 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
         train_set, val_set, test_set = fold_sets(d.crystals, d.folds[k], k, val_fraction, val_seed)
         jobs_list.append({"fold": k, "fold_dir": str(fold_dir), "config": cfg_doc, "train": train_set,
                           "val": val_set, "test": test_set, "target_names": d.target_names,
-                          "target_units": d.target_units, "ensemble": int(ensemble), "select": select,
+                          "target_units": d.target_units, "ensemble": int(ensemble), "losses": ensemble_losses,
+                          "select": select,
                           "settings_key": key, "verbose": verbose and jobs == 1,
                           "eval_batch_size": config.eval_batch_size or recipe.test_batch_size
                           or recipe.val_batch_size or recipe.batch_size,
