@@ -10,6 +10,11 @@ crosses it. Models are built and trained through matgl's public API (``MGLDatase
     pip install -e ".[peers]"
     python benchmarks/peers/matgl_jdft2d.py --model megnet --budget-from \
         benchmarks/matbench/matbench_jdft2d/crystalframer-matbench/results.json --jobs 5
+    python benchmarks/peers/matgl_jdft2d.py --model m3gnet --jobs 1 --threads 1 --budget-from \
+        benchmarks/matbench/matbench_jdft2d/crystalframer-small-data/results.json
+
+Each fold's record holds its per-epoch validation MAE (``history``). The data folder is
+``$CRYSTALFRAMER_SHARED/data/matbench_jdft2d`` (default: ``shared`` beside the repository).
 """
 
 from __future__ import annotations
@@ -19,47 +24,65 @@ import json
 import multiprocessing as mp
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import lightning as L
 import numpy as np
+import torch
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DATA = Path(os.environ.get("CRYSTALFRAMER_SHARED", REPO.parent / "shared")) / "data" / "matbench_jdft2d"
 
 
-def _fold(job: dict) -> dict:
-    import lightning as L
-    import torch
+class EpochLog(L.Callback):
+    """Record, after every training epoch, the validation MAE (metric ``key``, in target units) against the wall
+    and CPU seconds (``time.process_time``, every thread) since ``start`` (default: the start of training), and
+    stop at the end of the epoch in which the CPU time passes ``cpu_budget_s``."""
+
+    def __init__(self, key: str, cpu_budget_s: float | None = None, start: tuple[float, float] | None = None):
+        self.key, self.budget, self.start = key, cpu_budget_s, start
+        self.history: list[dict] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.start is None:
+            self.start = (time.perf_counter(), time.process_time())
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Lightning 2 runs the epoch's validation before this hook, so callback_metrics hold this epoch's value.
+        val = trainer.callback_metrics.get(self.key)
+        cpu = time.process_time() - self.start[1]
+        self.history.append({"epoch": int(trainer.current_epoch) + 1, "wall_s": time.perf_counter() - self.start[0],
+                             "cpu_s": cpu, "val_mae": None if val is None else float(val)})
+        if self.budget is not None and cpu >= self.budget:
+            trainer.should_stop = True
+
+
+def matgl_setup(model_name: str, train: list, val: list, test: list | None = None, seed: int = 123,
+                lr: float = 1e-3, decay_steps: int = 1000) -> tuple:
+    """matgl ``ModelLightningModule`` (``megnet`` or ``m3gnet``, PyG backend) and its (train, val[, test])
+    loaders for crystalframer ``Crystal`` lists (first target). L1 loss on the target standardised with the
+    training rows' mean and std; batch 32. M3GNet builds its three-body line graph inside its forward pass."""
     from matgl.ext.pymatgen import Structure2Graph, get_element_list
     from matgl.graph.data import MGLDataLoader, MGLDataset, collate_fn_graph
     from matgl.utils.training import ModelLightningModule
 
-    from crystalframer.training.cv import fold_metrics
-
-    torch.set_num_threads(job["threads"])
-    t0, c0 = time.perf_counter(), time.process_time()
-    L.seed_everything(job["seed"], verbose=False)
-    structures = {k: [c.to_pymatgen() for c in job[k]] for k in ("train", "val", "test")}
-    labels = {k: [float(c.targets[0]) for c in job[k]] for k in ("train", "val", "test")}
-    elements = get_element_list(structures["train"] + structures["val"] + structures["test"])
-    cutoff = 4.0 if job["model"] == "megnet" else 5.0
+    L.seed_everything(seed, verbose=False)
+    parts = {"train": train, "val": val, **({"test": test} if test else {})}
+    structures = {k: [c.to_pymatgen() for c in v] for k, v in parts.items()}
+    labels = {k: [float(c.targets[0]) for c in v] for k, v in parts.items()}
+    elements = get_element_list([s for v in structures.values() for s in v])
+    cutoff = 4.0 if model_name == "megnet" else 5.0
     conv = Structure2Graph(element_types=elements, cutoff=cutoff)
-    root = Path(job["work"]) / f"fold_{job['fold']}"
-    sets = {k: MGLDataset(structures=structures[k], labels={"y": labels[k]}, converter=conv,
-                          root=str(root / k), include_line_graph=job["model"] == "m3gnet", save_cache=False)
-            for k in ("train", "val", "test")}
-    kw = {"collate_fn": collate_fn_graph} if job["model"] == "megnet" else {}
-    if job["model"] == "m3gnet":
-        from functools import partial
-
-        kw = {"collate_fn": partial(collate_fn_graph, include_line_graph=True)}
-    train_loader, val_loader, test_loader = MGLDataLoader(train_data=sets["train"], val_data=sets["val"],
-                                                          test_data=sets["test"], batch_size=32, num_workers=0,
-                                                          **kw)
-    if job["model"] == "megnet":
+    with tempfile.TemporaryDirectory() as root:  # save_cache=False: nothing is written there
+        sets = {k: MGLDataset(structures=structures[k], labels={"y": labels[k]}, converter=conv,
+                              root=str(Path(root) / k), save_cache=False) for k in parts}
+    loaders = MGLDataLoader(train_data=sets["train"], val_data=sets["val"], test_data=sets.get("test"), batch_size=32,
+                            num_workers=0, collate_fn=collate_fn_graph)
+    if model_name == "megnet":
         from matgl.layers import BondExpansion
         from matgl.models import MEGNet
 
@@ -70,43 +93,53 @@ def _fold(job: dict) -> dict:
                        bond_expansion=BondExpansion(rbf_type="Gaussian", initial=0.0, final=cutoff + 1.0,
                                                     num_centers=100, width=0.5),
                        cutoff=cutoff, gauss_width=0.5, element_types=elements)
-    else:
+    elif model_name == "m3gnet":
         from matgl.models import M3GNet
 
         model = M3GNet(element_types=elements, is_intensive=True, readout_type="set2set", cutoff=cutoff)
+    else:
+        raise ValueError(f"unknown matgl model {model_name!r} (megnet or m3gnet)")
     y = np.array(labels["train"])
-    module = ModelLightningModule(model=model, include_line_graph=job["model"] == "m3gnet",
-                                  data_mean=float(y.mean()), data_std=float(y.std()), loss="l1_loss", lr=1e-3,
-                                  decay_steps=job["decay_steps"])
-    budget = float(job["cpu_budget_s"])
+    module = ModelLightningModule(model=model, data_mean=float(y.mean()), data_std=float(y.std()),
+                                  loss="l1_loss", lr=lr, decay_steps=decay_steps)
+    return module, loaders
 
-    class CpuBudget(L.Callback):
-        """Stop at the end of the epoch in which the process has used its CPU budget."""
 
-        def on_train_epoch_end(self, trainer, pl_module):
-            if time.process_time() - c0 >= budget:
-                trainer.should_stop = True
+def matgl_trainer(callbacks: list) -> L.Trainer:
+    """A CPU Lightning trainer that runs until a callback stops it (no logger, checkpoints or progress bar)."""
+    return L.Trainer(max_epochs=100000, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
 
-    trainer = L.Trainer(max_epochs=100000, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[CpuBudget()])
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+
+def matgl_predict(module, loader) -> np.ndarray:
+    """Predictions (target units) of a matgl module over a loader, in loader order."""
     module.eval()
     preds = []
     with torch.no_grad():
-        for batch in test_loader:
-            if job["model"] == "m3gnet":
-                g, lat, l_g, state_attr, _ = batch
-                out = module(g=g, lat=lat, l_g=l_g, state_attr=state_attr)
-            else:
-                g, lat, state_attr, _ = batch
-                out = module(g=g, lat=lat, state_attr=state_attr)
+        for g, lat, state_attr, _ in loader:
+            out = module(g=g, lat=lat, state_attr=state_attr)
             preds.append((out.reshape(-1) * module.data_std + module.data_mean).double().numpy())
-    yp = np.concatenate(preds)
-    yt = np.array(labels["test"])
+    return np.concatenate(preds)
+
+
+def _fold(job: dict) -> dict:
+    from crystalframer.training.cv import fold_metrics
+
+    torch.set_num_threads(job["threads"])
+    t0, c0 = time.perf_counter(), time.process_time()
+    module, (train_loader, val_loader, test_loader) = matgl_setup(job["model"], job["train"], job["val"],
+                                                                  job["test"], job["seed"],
+                                                                  decay_steps=job["decay_steps"])
+    budget = float(job["cpu_budget_s"])
+    log = EpochLog("val_MAE", budget, start=(t0, c0))  # the budget counts the graph building too
+    trainer = matgl_trainer([log])
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    yp = matgl_predict(module, test_loader)
+    yt = np.array([float(c.targets[0]) for c in job["test"]])
     return {"fold": job["fold"], "ids": [c.id for c in job["test"]], "predictions": yp.tolist(), "true": yt.tolist(),
             "metrics": fold_metrics(yt, yp), "epochs": int(trainer.current_epoch), "n_train": len(job["train"]),
             "n_val": len(job["val"]), "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-            "cpu_budget_s": budget, "threads": torch.get_num_threads()}
+            "cpu_budget_s": budget, "threads": torch.get_num_threads(), "history": log.history}
 
 
 def main() -> None:
@@ -116,12 +149,12 @@ def main() -> None:
     p.add_argument("--cpu-budget-s", type=float, help="CPU seconds per fold instead")
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--threads", type=int, help="torch threads per process (default: cores // jobs)")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--name", help="folder name of the results (default matgl-<model>)")
     p.add_argument("--output", default=str(REPO / "benchmarks" / "matbench" / "matbench_jdft2d"))
     a = p.parse_args()
     import matgl
-    import torch
 
     from crystalframer.data.sources.matbench import load_matbench
     from crystalframer.training.cv import fold_sets
@@ -137,13 +170,12 @@ def main() -> None:
     else:
         sys.exit("give --budget-from or --cpu-budget-s")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cores // a.jobs)
+    threads = a.threads or max(1, cores // a.jobs)
     jobs = []
     for k in a.folds:
         tr, va, te = fold_sets(list(task.dataset), folds[k], k, 0.1, 0)
         jobs.append({"fold": k, "train": tr, "val": va, "test": te, "model": a.model, "seed": a.seed,
-                     "threads": threads, "cpu_budget_s": budgets[k], "work": f"/tmp/matgl_{a.model}",
-                     "decay_steps": 1000})
+                     "threads": threads, "cpu_budget_s": budgets[k], "decay_steps": 1000})
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     os.environ.update(OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
@@ -161,7 +193,8 @@ def main() -> None:
            "wall_s": float(sum(r["wall_s"] for r in recs)), "cpu_s": float(sum(r["cpu_s"] for r in recs)),
            "run_wall_s": time.perf_counter() - t0,
            "settings": {"command": "python " + " ".join(sys.argv), "val_fraction": 0.1, "val_seed": 0,
-                        "batch_size": 32, "lr": 1e-3, "loss": "l1_loss", "seed": a.seed, "jobs": a.jobs},
+                        "batch_size": 32, "lr": 1e-3, "loss": "l1_loss", "seed": a.seed, "jobs": a.jobs,
+                        "threads": threads, "budget_from": a.budget_from, "cpu_budget_s": a.cpu_budget_s},
            "versions": {"matgl": matgl.__version__, "torch": torch.__version__},
            "machine": {"cpu_count": cores, "load_before": list(load0), "load_after": list(os.getloadavg())}}
     dest = Path(a.output) / name
