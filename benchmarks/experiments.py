@@ -5,7 +5,8 @@ Protocols:
   best-model selection), test on ``test`` (3,785 structures), target ``heat_all`` (eV).
 * ``mp_20``: ``mp_20_subset`` formation energy per atom, seeded 80/10/10 split (seed 123).
 Every run uses the same recipe (the ``quick`` preset's optimiser and the epochs given) and seed 123, in a
-fresh process, on 2 CPU threads. Results go to ``benchmarks/experiments.json`` (one entry per run).
+fresh process, on 2 CPU threads (``CRYSTALFRAMER_THREADS=1`` for one). Results go to
+``benchmarks/experiments.json`` (one entry per run).
 
 Usage: ``python benchmarks/experiments.py RUN [RUN ...]`` with run names from ``RUNS``, or ``all``;
 ``python benchmarks/experiments.py --table`` prints the results as the Markdown rows of BENCHMARKS.md.
@@ -82,7 +83,8 @@ def splits_for(protocol: str):
 def run_one(name: str) -> dict:
     import torch
 
-    torch.set_num_threads(2)
+    # 2 threads by default; 1 on a loaded machine (two spinning OpenMP threads there waste most of their time)
+    torch.set_num_threads(int(os.environ.get("CRYSTALFRAMER_THREADS", "2")))
     from crystalframer.training.trainer import TrainConfig, train
 
     protocol, model_type, model, epochs = RUNS[name]
@@ -98,7 +100,8 @@ def run_one(name: str) -> dict:
     wall = time.time() - t0
     n_params = sum(p.numel() for p in res.model.parameters()) if hasattr(res, "model") else None
     out = {"run": name, "protocol": protocol, "model_type": model_type, "model": model, "epochs": epochs,
-           "sizes": splits.sizes(), "wall_s": wall, "epoch_times_s": [h.get("time_s") for h in res.history],
+           "sizes": splits.sizes(), "wall_s": wall, "threads": torch.get_num_threads(),
+           "epoch_times_s": [h.get("time_s") for h in res.history],
            "params": n_params, "test_mae_swa": res.test_mae("swa"), "test_mae_best": res.test_mae("best")}
     return out
 
