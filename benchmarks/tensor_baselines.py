@@ -216,6 +216,8 @@ def summarize(args) -> None:
     rows = []
     found = {m: [json.loads(p.read_text()) for p in sorted((out / "records").glob(f"{target}_{m}_seed*.json"))]
              for m in ("direct", "frame")}
+    if not any(found.values()):
+        raise SystemExit(f"no run records of {target} in {out / 'records'}")
     # candidate budgets: the snapshot epochs that every run of both methods has
     epochs = sorted(set.intersection(*[{r["epoch"] for r in d["snapshots"]} for runs in found.values() for d in runs]))
     for method, data in found.items():
@@ -255,6 +257,16 @@ def summarize(args) -> None:
           "rel. error | EwT 25 % | EwT 10 % | EwT 5 % |")
     print("| --- " * 12 + "|")
     print("\n".join(rows))
+    print("\n| target | method | seed | epoch | steps | train CPU s | load | val ‖ΔT‖_F | test ‖ΔT‖_F | "
+          "test EwT 25/10/5 % |")
+    print("| --- " * 10 + "|")
+    for method, data in found.items():  # every snapshot of every run
+        for d in sorted(data, key=lambda d: d["settings"]["seed"]):
+            for r in d["snapshots"]:
+                ewt = " / ".join(f"{100 * r['test'][k]:.1f}" for k in ("ewt25", "ewt10", "ewt5"))
+                print(f"| `{target}` | {method} | {d['settings']['seed']} | {r['epoch']} | {r['steps']} | "
+                      f"{r['train_cpu_s']:.0f} | {r['loadavg_1min']:.1f} | {r['val']['fnorm']:.3g} | "
+                      f"{r['test']['fnorm']:.3g} | {ewt} |")
 
 
 def main() -> None:

@@ -1,8 +1,12 @@
-"""Structure transformations for invariance tests (all return new pymatgen Structures)."""
+"""Structure transformations for invariance tests (all return new pymatgen Structures) and a small table of
+crystals with tensor labels."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 from pymatgen.core import Lattice, Structure
 
 from crystalframer.testing import random_rotation  # noqa: F401  (re-exported for the tests)
@@ -44,3 +48,17 @@ def supercell(s: Structure, scale) -> Structure:
 
 
 SKEW = [[1, 1, 0], [0, 1, 1], [1, 1, 1]]  # det = 1
+
+
+def tensor_table(n: int = 12) -> pd.DataFrame:
+    """n small low-symmetry crystals (CIF text) with a symmetric 3x3 label each, as nested-list JSON."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for k in range(n):
+        lat = Lattice.from_parameters(3.0 + 0.1 * k, 3.4, 3.8 + 0.05 * k, 80 + k, 95, 100)
+        s = Structure(lat, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.45 + 0.01 * k, 0.5]])
+        a = rng.normal(size=(3, 3))
+        eps = 5 * np.eye(3) + 0.5 * (a + a.T)
+        rows.append({"id": f"c{k}", "structure": s.to(fmt="cif"), "eps": json.dumps(eps.round(4).tolist()),
+                     "gap": float(rng.uniform(1, 3))})
+    return pd.DataFrame(rows)

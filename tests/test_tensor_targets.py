@@ -18,7 +18,7 @@ from crystalframer.cli import main
 from crystalframer.data.tensors import (cartesian_point_group, expand_targets, flatten_tensor_columns,
                                         orientation_report, symmetry_misfit, tensor_value)
 from crystalframer.geometry.tensors import rotate, tensor_normalisation
-from tests.helpers import random_rotation
+from tests.helpers import random_rotation, tensor_table
 
 TINY = ["--num-layers", "1", "--model-dim", "16", "--num-heads", "2", "--ff-dim", "32", "--cutoff", "4.0",
         "--model-arg", "head_dims=[16]", "--model-arg", "dist_bins=16", "--model-arg", "angle_bins=16"]
@@ -114,20 +114,6 @@ def test_cli_refuses_tensor_targets_without_frames(shared_data, tmp_path, monkey
     assert "frame='none'" in capsys.readouterr().err
 
 
-def _tensor_table(n: int = 12) -> pd.DataFrame:
-    """n small low-symmetry crystals (CIF text) with a symmetric 3x3 label each, as nested-list JSON."""
-    rng = np.random.default_rng(3)
-    rows = []
-    for k in range(n):
-        lat = Lattice.from_parameters(3.0 + 0.1 * k, 3.4, 3.8 + 0.05 * k, 80 + k, 95, 100)
-        s = Structure(lat, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.45 + 0.01 * k, 0.5]])
-        a = rng.normal(size=(3, 3))
-        eps = 5 * np.eye(3) + 0.5 * (a + a.T)
-        rows.append({"id": f"c{k}", "structure": s.to(fmt="cif"), "eps": json.dumps(eps.round(4).tolist()),
-                     "gap": float(rng.uniform(1, 3))})
-    return pd.DataFrame(rows)
-
-
 def _flattened(df: pd.DataFrame) -> pd.DataFrame:
     """The same table with ``eps`` as nine columns ``eps[i,j]``."""
     flat = df.drop(columns=["eps"])
@@ -143,7 +129,7 @@ def test_tensor_targets_from_a_csv_train_and_evaluate(tmp_path, monkeypatch, cap
     """train --data with a nested-list column, then evaluate on flattened columns and on the array column:
     GMTNet tensor metrics, per-component MAE and per-row predictions; the default loss is MSE."""
     monkeypatch.chdir(tmp_path)
-    df = _tensor_table()
+    df = tensor_table()
     df.to_csv("eps.csv", index=False)
     _flattened(df).to_csv("flat.csv", index=False)
     assert main(["train", "--data", "eps.csv", "--targets", "eps", "gap", "--target-shape", "eps=3x3sym",
@@ -195,7 +181,7 @@ def test_tensor_targets_from_a_csv_train_and_evaluate(tmp_path, monkeypatch, cap
 ])
 def test_bad_tensor_cells_name_the_row_and_column(tmp_path, monkeypatch, capsys, cell, message):
     monkeypatch.chdir(tmp_path)
-    df = _tensor_table(6)
+    df = tensor_table(6)
     df.loc[4, "eps"] = cell
     df.to_csv("eps.csv", index=False)
     rc = main(["train", "--data", "eps.csv", "--targets", "eps", "--target-shape", "eps=3x3sym", *FILE_QUICK,
@@ -208,7 +194,7 @@ def test_bad_tensor_cells_name_the_row_and_column(tmp_path, monkeypatch, capsys,
 
 def test_bad_flattened_cell_names_the_row_and_column(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    flat = _flattened(_tensor_table(6)).astype({"eps[1,0]": object})
+    flat = _flattened(tensor_table(6)).astype({"eps[1,0]": object})
     flat.loc[2, "eps[1,0]"] = "n.a.x"
     flat.to_csv("flat.csv", index=False)
     assert main(["train", "--data", "flat.csv", "--targets", "eps", "--target-shape", "eps=3x3sym", *FILE_QUICK,

@@ -129,6 +129,19 @@ def _err(msg: str) -> None:
 # -- parser -----------------------------------------------------------------------------------------------
 
 
+def _add_target_shape(group) -> None:
+    group.add_argument("--target-shape", action="append", metavar="TARGET=SHAPE",
+                       help="a vector/tensor target: SHAPE 3, 3x3, 3x3sym (symmetric) or 6x6 (elastic, Voigt), "
+                            "e.g. e_total=3x3sym; predicted equivariantly through the frames")
+
+
+def _target_shapes(args: argparse.Namespace) -> dict[str, str] | None:
+    """{target: shape} of the --target-shape flags (None without any)."""
+    if not getattr(args, "target_shape", None):
+        return None
+    return {k: str(v) for k, v in _pairs(args.target_shape, "--target-shape").items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crystalframer", description="CrystalFramer / Crystalformer crystal-property "
                                 "models: train, evaluate, predict and embed.")
@@ -148,9 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test", dest="test_path", help="test file/folder")
     g.add_argument("--targets", nargs="+", help="target names (default: the data set's)")
     g.add_argument("--units", nargs="+", help="units of the targets, in order (for outputs)")
-    g.add_argument("--target-shape", action="append", metavar="TARGET=SHAPE",
-                   help="a vector/tensor target: SHAPE 3, 3x3, 3x3sym (symmetric) or 6x6 (elastic, Voigt), "
-                        "e.g. e_total=3x3sym; predicted equivariantly through the frames")
+    _add_target_shape(g)
     g.add_argument("--binarize", action="append", metavar="TARGET=THRESHOLD",
                    help="classify TARGET > THRESHOLD (0/1 labels; use with --loss bce), e.g. band_gap=0")
     g.add_argument("--limit", type=_POSITIVE, help="use at most N structures of each split (quick checks)")
@@ -261,8 +272,8 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
                 data["binarize"][k] = float(v)
             except (TypeError, ValueError):
                 raise ValueError(f"--binarize {k}={v}: the threshold must be a number") from None
-    if getattr(args, "target_shape", None):
-        data["target_shapes"] = {k: str(v) for k, v in _pairs(args.target_shape, "--target-shape").items()}
+    if _target_shapes(args):
+        data["target_shapes"] = _target_shapes(args)
     if args.cache_dir:
         data["load_options"] = {**(data.get("load_options") or {}), "cache_dir": args.cache_dir}
     cfg["data"] = data
@@ -524,7 +535,9 @@ def _add_cv_parser(sub) -> None:
     c = sub.add_parser("cv", help="k-fold cross-validation (Matbench folds and leaderboard for Matbench files)",
                        description="k-fold cross-validation: one model per fold trained on the other folds "
                        "(validation rows drawn from them), each fold's test rows predicted once. Writes "
-                       "results.json, summary.md and parity.png to --output; rerunning skips finished folds.")
+                       "results.json, summary.md and parity.png to --output; rerunning skips finished folds. "
+                       "A vector or tensor target (--target-shape) is scored by Frobenius error, EwT and "
+                       "component MAE.")
     c.add_argument("--config", "-c", help="YAML or JSON config file (keys of TrainConfig)")
     g = c.add_argument_group("data (one of --matbench, --data, --dataset)")
     g.add_argument("--matbench", help="a Matbench task file (pandas split JSON; ids mb-<task>-NNN, official folds)")
@@ -533,6 +546,7 @@ def _add_cv_parser(sub) -> None:
     g.add_argument("--data-root", help="folder holding the shared data sets")
     g.add_argument("--targets", nargs="+", help="the target (one)")
     g.add_argument("--units", nargs="+", help="its unit")
+    _add_target_shape(g)
     f = c.add_argument_group("folds")
     f.add_argument("--n-folds", type=int, default=5, help="number of folds (default 5)")
     f.add_argument("--fold-seed", type=int, default=None,
@@ -581,7 +595,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         data.update({"source": args.data} if args.data else {"dataset": args.dataset})
     if args.data_root:
         data["root"] = args.data_root
-    for key, val in (("targets", args.targets), ("units", args.units)):
+    for key, val in (("targets", args.targets), ("units", args.units), ("target_shapes", _target_shapes(args))):
         if val is not None:
             data[key] = val
     cfg["data"] = data
@@ -613,7 +627,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
     res = cross_validate(TrainConfig.from_dict(cfg), args.output, matbench=args.matbench, n_folds=args.n_folds,
                          fold_seed=fold_seed, fold_file=args.fold_file, folds=args.folds,
                          val_fraction=args.val_fraction, val_seed=args.val_seed, ensemble=args.ensemble,
-                         ensemble_losses=args.ensemble_losses, select=args.select, jobs=args.jobs, leaderboard=args.leaderboard, name=args.name,
+                         ensemble_losses=args.ensemble_losses, select=args.select, jobs=args.jobs,
+                         leaderboard=args.leaderboard, name=args.name,
                          command="crystalframer " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["cv"] else "",
                          verbose=not args.quiet)
     print(f"summary: {res.run_dir / 'summary.md'}")

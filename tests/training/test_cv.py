@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,85 @@ def test_cv_ensemble_of_losses_from_the_command_line(tmp_path, monkeypatch, caps
     assert main([*base, "--ensemble", "3", "--ensemble-losses", "l1", "mse", "-o", "run2"]) == 2
     assert "one loss per member" in capsys.readouterr().err
     assert not Path("run2/fold_0").exists()
+
+
+# -- a tensor target -----------------------------------------------------------------------------------------
+
+
+def test_cv_command_with_a_tensor_target(tmp_path, monkeypatch):
+    """cv --target-shape eps=3x3sym on a user CSV (nested-list cells): per-fold tensor metrics (Frobenius
+    error, EwT, component MAE) recomputed from the stored per-row components, every row predicted once."""
+    from crystalframer.geometry.tensors import column_names
+    from tests.helpers import tensor_table
+
+    monkeypatch.chdir(tmp_path)
+    df = tensor_table(10)
+    df.to_csv("eps.csv", index=False)
+    base = ["cv", "--data", "eps.csv", "--targets", "eps", "--target-shape", "eps=3x3sym", "--n-folds", "2",
+            "--fold-seed", "3", "--val-fraction", "0.2", "-o", "run", *TINY_CV]
+    assert main(base) == 0
+    res = json.loads(Path("run/results.json").read_text())
+    cols = column_names("eps", "3x3sym")
+    assert (res["target"], res["target_shape"], res["columns"]) == ("eps", "3x3sym", cols)
+    assert res["complete"] and res["settings"]["target_shape"] == "3x3sym"
+    labels = {r["id"]: np.array(json.loads(r["eps"])).reshape(-1) for r in df.to_dict("records")}
+    seen = []
+    for k in range(2):
+        f = res["folds"][f"fold_{k}"]
+        pred, true = np.array(f["predictions"]), np.array(f["true"])
+        assert pred.shape == (len(f["ids"]), 9)
+        np.testing.assert_allclose(true, [labels[x] for x in f["ids"]])
+        err = np.linalg.norm(pred - true, axis=1)
+        rel = err / np.linalg.norm(true, axis=1)
+        m = f["metrics"]
+        assert m["n"] == len(f["ids"])
+        assert m["fnorm"] == pytest.approx(err.mean()) and m["rel_fnorm"] == pytest.approx(rel.mean())
+        for p in (25, 10, 5):
+            assert m[f"ewt{p}"] == pytest.approx(float((rel < p / 100).mean()))
+        assert m["mae"] == pytest.approx(np.abs(pred - true).mean(axis=0).mean())
+        assert m["components"]["eps[1,2]"]["mae"] == pytest.approx(np.abs(pred[:, 5] - true[:, 5]).mean())
+        assert f["n_val"] == 1 and f["val_fnorm"] > 0
+        assert np.array(f["members"][0]["predictions"]).shape == pred.shape
+        seen += f["ids"]
+    assert sorted(seen) == sorted(labels)
+    assert [sorted(res["folds"][f"fold_{k}"]["ids"]) for k in range(2)] == \
+        [sorted(f"c{i}" for i in f) for f in kfold_test_indices(10, 2, 3)]
+    fnorms = [res["folds"][f"fold_{k}"]["metrics"]["fnorm"] for k in range(2)]
+    assert res["metrics"]["fnorm_mean"] == pytest.approx(np.mean(fnorms))
+    assert res["metrics"]["fnorm_std"] == pytest.approx(np.std(fnorms))
+    assert res["metrics"]["pooled"]["n"] == 10
+    summary = Path("run/summary.md").read_text()
+    assert "‖ΔT‖_F" in summary and "EwT 10 %" in summary and "component MAE" in summary
+    # resumed with the plot on: nothing retrained, the parity plot of the components is written
+    assert main([*base, "--plots"]) == 0 and Path("run/parity.png").is_file()
+    assert json.loads(Path("run/results.json").read_text())["folds"] == res["folds"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--target-shape", "eps=6x6"], r"eps\.csv: column 'eps' of id 'c0' has shape \(3, 3\), expected \(6, 6\)"),
+    (["--target-shape", "eps=3x3sym", "--targets", "eps", "gap"], r"scores one target .*\['eps', 'gap'\]"),
+    (["--target-shape", "gap=3"], r"target shapes given for \['gap'\], which are not among the targets"),
+    (["--target-shape", "eps=3x3sym", "--leaderboard", "board.md"], r"leaderboard .* 3x3sym target 'eps'"),
+    (["--target-shape", "eps=4x4"], r"unsupported target shape"),
+])
+def test_cv_refuses_bad_tensor_requests(tmp_path, monkeypatch, capsys, extra, message):
+    from tests.helpers import tensor_table
+
+    monkeypatch.chdir(tmp_path)
+    tensor_table(6).to_csv("eps.csv", index=False)
+    Path("board.md").write_text("| algorithm | eps |\n|---|---|\n| x | 1.0 |\n")
+    rc = main(["cv", "--data", "eps.csv", "--targets", "eps", "--n-folds", "2", "-o", "run", *TINY_CV, *extra])
+    assert rc == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not Path("run/fold_0").exists()  # refused before any training
+
+
+def test_cv_refuses_a_shape_the_shared_tensors_do_not_have(shared_data, tmp_path, monkeypatch, capsys):
+    if not (shared_data / "mp_dielectric_2017").is_dir():
+        pytest.skip(f"{shared_data / 'mp_dielectric_2017'} is absent")
+    monkeypatch.chdir(tmp_path)
+    rc = main(["cv", "--dataset", "mp_dielectric_2017", "--data-root", str(shared_data), "--targets", "e_electronic",
+               "--target-shape", "e_electronic=6x6", "--n-folds", "2", "-o", "run", *TINY_CV])
+    assert rc == 2
+    assert "no structure has a readable 6x6 label for 'e_electronic'" in capsys.readouterr().err
+    assert not Path("run/fold_0").exists()

@@ -18,6 +18,11 @@ Run folder::
     summary.md             per-fold table and the mean ± std beside the published leaderboard (Matbench)
     parity.png             predicted vs true over the test rows of every finished fold
 
+A vector or tensor target (``config.data.target_shapes``, e.g. ``{"e_electronic": "3x3sym"}``) is scored per
+fold with the tensor metrics of :meth:`~crystalframer.training.evaluation.Predictions.metrics` (mean Frobenius
+error, relative error, EwT 25/10/5 % and the mean component MAE); its predictions and labels are stored per row
+as the flattened components (``results["columns"]``, row-major) and the parity plot pools the components.
+
 Folds may run in parallel processes (``jobs``), each with ``cores // jobs`` torch threads.
 """
 
@@ -42,9 +47,10 @@ from crystalframer.data.datasets import CrystalDataset
 from crystalframer.data.sources.matbench import MATBENCH_SEED, kfold_test_indices, load_matbench, matbench_ids
 from crystalframer.data.splits import split_indices
 from crystalframer.data.structures import Crystal
+from crystalframer.geometry.tensors import column_names
 
 __all__ = ["CVResult", "cross_validate", "fold_sets", "read_fold_file", "fold_metrics", "read_leaderboard",
-           "JDFT2D_LEADERBOARD", "MATBENCH_UNITS"]
+           "JDFT2D_LEADERBOARD", "MATBENCH_UNITS", "TENSOR_KEYS"]
 
 #: Units of the Matbench v0.1 targets.
 MATBENCH_UNITS = {"exfoliation_en": "meV/atom", "last phdos peak": "cm^-1", "n": "", "log10(G_VRH)": "log10(GPa)",
@@ -60,6 +66,9 @@ JDFT2D_LEADERBOARD: dict[str, tuple[float, float]] = {
     "CGCNN (v2019)": (49.24, 11.59), "RF-SCM/Magpie": (50.04, 8.63), "MEGNet (kgcnn 2.1.0)": (54.17, 11.43),
     "Dummy (predicts the mean)": (67.29, 10.18),
 }
+#: Per-fold metrics of a vector/tensor target summarised over folds (see ``Predictions.metrics``).
+TENSOR_KEYS = ("fnorm", "rel_fnorm", "ewt25", "ewt10", "ewt5", "mae")
+
 LEADERBOARD_SOURCE = ("Matbench v0.1 leaderboard: github.com/materialsproject/matbench @ 936176db, "
                       "docs_src/Full Benchmark Data, 'Fold score stats' (mae)")
 
@@ -80,7 +89,7 @@ class CVResult:
 
     @property
     def mae(self) -> float:
-        """Mean over the finished folds of the test MAE."""
+        """Mean over the finished folds of the test MAE (of a vector/tensor target: the mean component MAE)."""
         return float(self.results["metrics"]["mae_mean"])
 
 
@@ -172,32 +181,38 @@ def read_fold_file(path: str | os.PathLike, ids: Sequence[str]) -> list[list[str
 @dataclass
 class _Data:
     crystals: list[Crystal]
-    target_names: list[str]
-    target_units: list[str]
+    target_names: list[str]  # the label columns (a vector/tensor target: its flattened components)
+    target_units: list[str]  # one per column
     folds: list[list[str]]  # test ids per fold
     description: dict[str, Any]
     skipped: list[tuple[int, str, str]]
+    target: str = ""  # the target's name
+    kind: str = "scalar"  # its shape (crystalframer.geometry.tensors kinds: scalar, 3, 3x3, 3x3sym, 6x6)
 
 
 def _dataset_crystals(spec) -> tuple[list[Crystal], list[str], list[tuple[int, str, str]]]:
-    """Every crystal of a DataSpec (all its splits) with the spec's targets."""
+    """Every crystal of a DataSpec (all its splits) with the spec's label columns (vector/tensor targets
+    flattened)."""
     from crystalframer.training.data import load_source, select_targets
 
+    shapes = spec.target_shapes
     if spec.dataset:
         from crystalframer.data.sources.shared import load_shared
 
         if not spec.root:
             raise ValueError(f"shared data set {spec.dataset!r} needs a data root (--data-root)")
-        parts = [load_shared(spec.dataset, spec.root, **spec.load_options)]
+        shaped = dict(targets=spec.targets, target_shapes=shapes) if shapes else {}
+        parts = [load_shared(spec.dataset, spec.root, **spec.load_options, **shaped)]
     elif spec.source:
-        parts = [load_source(spec.source, spec.targets, spec.load_options)]
+        parts = [load_source(spec.source, spec.targets, spec.load_options, shapes)]
     elif spec.train:
-        parts = [load_source(p, spec.targets, spec.load_options) for p in (spec.train, spec.val, spec.test) if p]
+        parts = [load_source(p, spec.targets, spec.load_options, shapes) for p in (spec.train, spec.val, spec.test)
+                 if p]
     else:
         raise ValueError("no data given: a Matbench file, a shared data set (dataset + root), or a source file")
     crystals, names, errors = [], [], []
     for ds in parts:
-        c, names = select_targets(ds, spec.targets)
+        c, names = select_targets(ds, spec.columns)
         crystals += c
         errors += [tuple(e) for e in getattr(ds, "errors", [])]
     return crystals, list(names), errors
@@ -205,9 +220,15 @@ def _dataset_crystals(spec) -> tuple[list[Crystal], list[str], list[tuple[int, s
 
 def _resolve(config, matbench: str | os.PathLike | None, data: Sequence[Crystal] | CrystalDataset | None,
              n_folds: int, fold_seed: int | None, fold_file: str | os.PathLike | None) -> _Data:
-    from crystalframer.training.data import SHARED_UNITS
+    from crystalframer.training.data import column_units
 
     spec = config.data
+    shapes = spec.target_shapes or {}
+    if shapes and len(spec.targets or []) != 1:
+        raise ValueError(f"cross-validation scores one target (a scalar, vector or tensor); got {spec.targets} "
+                         "(choose one with --targets)")
+    if matbench is not None and shapes:
+        raise ValueError(f"Matbench tasks have one scalar target; target shapes {shapes} do not apply")
     if matbench is not None:
         task = load_matbench(matbench, **{k: v for k, v in spec.load_options.items() if k in ("on_error", "cache_dir")})
         crystals, names = list(task.dataset), [task.target]
@@ -217,22 +238,30 @@ def _resolve(config, matbench: str | os.PathLike | None, data: Sequence[Crystal]
         desc = {"matbench": str(matbench), "task": task.task, "rows": task.n_rows}
     elif data is not None:
         crystals = list(data)
-        names = list(getattr(data, "target_names", None) or spec.targets or [])
-        units = list(spec.units or [SHARED_UNITS.get(n, "") for n in names])
+        names = list(getattr(data, "target_names", None) or spec.columns or [])
+        units = column_units(spec, names)
         all_ids, skipped = [c.id for c in crystals], list(getattr(data, "errors", []))
         desc = {"data": getattr(data, "name", "in memory"), "rows": len(crystals)}
     else:
         crystals, names, skipped = _dataset_crystals(spec)
-        units = list(spec.units or [SHARED_UNITS.get(n, "") for n in names])
+        units = column_units(spec, names)
         all_ids = [c.id for c in crystals]
         desc = spec.to_dict()
-    if len(names) != 1:
+    target = spec.targets[0] if shapes else (names[0] if len(names) == 1 else "")
+    kind = shapes.get(target, "scalar")
+    if kind == "scalar" and len(names) != 1:
         raise ValueError(f"cross-validation scores one target; the data has {names or 'none'} "
                          "(choose one with --targets)")
+    if kind != "scalar" and names != column_names(target, kind):
+        raise ValueError(f"the data has the columns {names}, expected the {kind} components of {target!r} "
+                         f"{column_names(target, kind)}")
     if not crystals:
         raise ValueError("no structures to cross-validate")
     if any(c.targets is None for c in crystals):
         raise ValueError("the structures carry no labels for the target")
+    if kind != "scalar" and not any(np.isfinite(np.asarray(c.targets, np.float64)).all() for c in crystals):
+        raise ValueError(f"no structure has a readable {kind} label for {target!r} (every value is missing or "
+                         f"has another shape); check --target-shape {target}=... against the data")
     seen: set[str] = set()
     for c in crystals:
         if c.id in seen:
@@ -246,7 +275,7 @@ def _resolve(config, matbench: str | os.PathLike | None, data: Sequence[Crystal]
         desc["fold_seed"] = fold_seed
     # rows that could not be read stay out of the folds (reported in results.json)
     folds = [[x for x in f if x in seen] for f in folds]
-    return _Data(crystals, names, units, folds, desc, [tuple(e) for e in skipped])
+    return _Data(crystals, names, units, folds, desc, [tuple(e) for e in skipped], target, kind)
 
 
 # -- one fold ---------------------------------------------------------------------------------------------------
@@ -257,7 +286,7 @@ def _fold_job(job: Mapping[str, Any]) -> dict[str, Any]:
     import torch
 
     from crystalframer.training.data import Splits
-    from crystalframer.training.evaluation import predict_crystals
+    from crystalframer.training.evaluation import Predictions, predict_crystals
     from crystalframer.training.trainer import TrainConfig, train
 
     if job.get("threads"):
@@ -266,6 +295,8 @@ def _fold_job(job: Mapping[str, Any]) -> dict[str, Any]:
     fold_dir = Path(job["fold_dir"])
     train_set, val_set, test_set = job["train"], job["val"], job["test"]
     names, units = job["target_names"], job["target_units"]
+    kind = job.get("kind", "scalar")
+    target = job.get("target") or names[0]
     preds, members = [], []
     for j in range(int(job["ensemble"])):
         cfg = TrainConfig.from_dict(copy.deepcopy(job["config"]))
@@ -280,26 +311,41 @@ def _fold_job(job: Mapping[str, Any]) -> dict[str, Any]:
         final = res.metrics.get("final_model", "swa")
         val = (res.metrics.get("best" if job["select"] == "best" else final) or {}).get("val") or {}
         p = predict_crystals(model, test_set, int(job["eval_batch_size"]), "cpu")
-        preds.append(p.y_pred[:, 0])
-        members.append({"seed": cfg.recipe["seed"], "loss": cfg.resolved_recipe().loss, "predictions": p.y_pred[:, 0].tolist(),
-                        "val_mae": (val.get(names[0]) or {}).get("mae"),
+        y = p.y_pred[:, 0] if kind == "scalar" else p.y_pred  # (n,) or (n, components)
+        preds.append(y)
+        val_t = val.get(target) or {}  # a tensor target's val metrics: component MAE and Frobenius error
+        members.append({"seed": cfg.recipe["seed"], "loss": cfg.resolved_recipe().loss, "predictions": y.tolist(),
+                        "val_mae": val_t.get("mae"), **({"val_fnorm": val_t.get("fnorm")} if kind != "scalar" else {}),
                         "best_epoch": res.metrics.get("best_epoch"), "epochs": res.metrics.get("epochs"),
                         "fit_time_s": res.metrics.get("fit_time_s"), "wall_s": time.perf_counter() - tj})
     y_pred = np.mean(np.stack(preds), axis=0)
-    y_true = np.array([float(np.asarray(c.targets, np.float64)[0]) for c in test_set])
+    if kind == "scalar":
+        y_true = np.array([float(np.asarray(c.targets, np.float64)[0]) for c in test_set])
+        metrics = fold_metrics(y_true, y_pred)
+    else:
+        y_true = np.stack([np.asarray(c.targets, np.float64).reshape(-1) for c in test_set])
+        scored = Predictions([c.id for c in test_set], y_pred, y_true, list(names), list(units),
+                             tensors={target: kind}).metrics()
+        metrics = {**scored[target], "components": {c: scored[c] for c in names}}
     record = {
         "fold": int(job["fold"]), "settings_key": job["settings_key"],
         "ids": [c.id for c in test_set], "predictions": y_pred.tolist(), "true": y_true.tolist(),
         "train_ids": [c.id for c in train_set], "val_ids": [c.id for c in val_set],
-        "metrics": fold_metrics(y_true, y_pred),
-        "val_mae": float(np.mean([m["val_mae"] for m in members if m["val_mae"] is not None]))
-        if any(m["val_mae"] is not None for m in members) else None,
+        "metrics": metrics,
+        "val_mae": _mean_of(members, "val_mae"),
+        **({"val_fnorm": _mean_of(members, "val_fnorm")} if kind != "scalar" else {}),
         "members": members, "threads": torch.get_num_threads(), "wall_s": time.perf_counter() - t0,
         "cpu_s": time.process_time() - c0,  # CPU time of every thread: the cost on a machine shared with others
     }
     with atomic_open(fold_dir / "fold.json", "w") as f:
         json.dump(jsonable(record), f)
     return record
+
+
+def _mean_of(members: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    """Mean of the members' ``key`` where they have it (None where none has)."""
+    vals = [m[key] for m in members if m.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
 
 
 def _read_fold(fold_dir: Path, key: str) -> dict[str, Any] | None:
@@ -376,6 +422,36 @@ def _summary_md(results: Mapping[str, Any], name: str, board: Mapping[str, tuple
     return "\n".join(lines)
 
 
+def _tensor_summary_md(results: Mapping[str, Any]) -> str:
+    """Per-fold table of a vector/tensor target: Frobenius error, relative error, EwT, component MAE."""
+    unit = results["target_unit"]
+    u = f" ({unit})" if unit else ""
+    lines = [f"# {results['title']}: {len(results['folds'])}-fold cross-validation, {results['model']}", "",
+             f"Target `{results['target']}` ({results['target_shape']}, {len(results['columns'])} components)"
+             f"{u}; command: `{results['settings'].get('command', '')}`", "",
+             "Per structure: ‖ΔT‖_F = Frobenius norm of predicted − true tensor, relative error ‖ΔT‖_F/‖T‖_F, "
+             "EwT p % = share of structures with relative error below p %; component MAE = mean over the "
+             "components of their MAE. The parity plot pools every component of every test row.", "",
+             f"| fold | test rows | ‖ΔT‖_F{u} | relative error | EwT 25 % | EwT 10 % | EwT 5 % | component MAE{u} | "
+             "inner val ‖ΔT‖_F | wall s | CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, f in results["folds"].items():
+        m = f["metrics"]
+        vf = f"{f['val_fnorm']:.4g}" if f.get("val_fnorm") is not None else "-"
+        lines.append(f"| {k} | {m['n']} | {m['fnorm']:.4g} | {m['rel_fnorm']:.3f} | {100 * m['ewt25']:.1f} % | "
+                     f"{100 * m['ewt10']:.1f} % | {100 * m['ewt5']:.1f} % | {m['mae']:.4g} | {vf} | "
+                     f"{f['wall_s']:.0f} | {f.get('cpu_s') or 0:.0f} |")
+    s = results["metrics"]
+    lines.append(f"| **mean ± std** | {s['n']} | **{s['fnorm_mean']:.4g} ± {s['fnorm_std']:.2g}** | "
+                 f"{s['rel_fnorm_mean']:.3f} ± {s['rel_fnorm_std']:.3f} | "
+                 + " | ".join(f"{100 * s[f'ewt{p}_mean']:.1f} ± {100 * s[f'ewt{p}_std']:.1f} %" for p in (25, 10, 5))
+                 + f" | {s['mae_mean']:.4g} ± {s['mae_std']:.2g} | | {results['wall_s']:.0f} | "
+                 f"{results['cpu_s']:.0f} |")
+    lines += ["", f"Total: {results['wall_s']:.0f} s of fold time, {results['cpu_s']:.0f} s of CPU time "
+              f"({results['run_wall_s']:.0f} s wall for the command); std over folds with ddof 0.", ""]
+    return "\n".join(lines)
+
+
 # -- the run -----------------------------------------------------------------------------------------------------
 
 
@@ -399,10 +475,13 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
 
     Args:
         config: a :class:`~crystalframer.training.trainer.TrainConfig` (or its dict): model, recipe and the
-            data (``config.data``, read with all its splits) unless ``matbench`` or ``data`` is given.
+            data (``config.data``, read with all its splits) unless ``matbench`` or ``data`` is given. One
+            target; ``config.data.target_shapes`` makes it a vector or tensor (scored with Frobenius error,
+            EwT and component MAE).
         output: the run folder (rerunning with the same settings skips finished folds).
         matbench: a Matbench task file; ids ``mb-<task>-NNN``, official folds by default.
-        data: crystals in memory (with one target), instead of ``config.data``.
+        data: crystals in memory (with one target; a vector/tensor target as its flattened components),
+            instead of ``config.data``.
         n_folds, fold_seed: the k-fold split (``KFold(n_folds, shuffle=True, random_state=fold_seed)``;
             the default seed gives Matbench's folds); ``fold_file``: test ids per fold instead.
         folds: run only these folds (0-based); the others are left for later calls.
@@ -454,9 +533,14 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
     settings = {"config": cfg_doc, "data": d.description, "n_folds": k_all,
                 "fold_ids_sha256": hashlib.sha256(json.dumps(d.folds).encode()).hexdigest(),
                 "val_fraction": float(val_fraction), "val_seed": int(val_seed), "ensemble": int(ensemble),
-                "select": select, "target": d.target_names[0]}
+                "select": select, "target": d.target}
     if ensemble_losses is not None:  # only when given: the settings keys of earlier runs stay as they were
         settings["ensemble_losses"] = ensemble_losses
+    if d.kind != "scalar":  # only then: the settings (and their key) of scalar runs are as before
+        settings["target_shape"] = d.kind
+        if leaderboard is not None:
+            raise ValueError(f"a leaderboard lists scalar MAEs; it does not apply to the {d.kind} target "
+                             f"{d.target!r}")
     # Output-only switches (figures, logs, progress) may change between a run and its resumption.
     key = _settings_key({**settings, "config": {k: v for k, v in cfg_doc.items()
                                                 if k not in ("plots", "tensorboard", "progress_bar")}})
@@ -481,8 +565,8 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
         train_set, val_set, test_set = fold_sets(d.crystals, d.folds[k], k, val_fraction, val_seed)
         jobs_list.append({"fold": k, "fold_dir": str(fold_dir), "config": cfg_doc, "train": train_set,
                           "val": val_set, "test": test_set, "target_names": d.target_names,
-                          "target_units": d.target_units, "ensemble": int(ensemble), "losses": ensemble_losses,
-                          "select": select,
+                          "target": d.target, "kind": d.kind, "target_units": d.target_units,
+                          "ensemble": int(ensemble), "losses": ensemble_losses, "select": select,
                           "settings_key": key, "verbose": verbose and jobs == 1,
                           "eval_batch_size": config.eval_batch_size or recipe.test_batch_size
                           or recipe.val_batch_size or recipe.batch_size,
@@ -502,7 +586,7 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
                 for rec in ex.map(_fold_job, jobs_list):
                     trained.append(rec["fold"])
                     if verbose:
-                        print(f"fold {rec['fold']}: test MAE {rec['metrics']['mae']:.4g} ({rec['wall_s']:.0f} s)")
+                        print(_fold_line(rec))
         finally:
             for k, v in before.items():
                 if v is None:
@@ -514,20 +598,34 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
             rec = _fold_job(job)
             trained.append(rec["fold"])
             if verbose:
-                print(f"fold {rec['fold']}: test MAE {rec['metrics']['mae']:.4g} ({rec['wall_s']:.0f} s)")
+                print(_fold_line(rec))
     elapsed = time.perf_counter() - t_start
     results = _write_results(run_dir, d, key, settings, name, elapsed, matbench, leaderboard, command, config)
     if verbose:
         s = results["metrics"]
-        print(f"{len(results['folds'])}/{k_all} folds: test MAE {s['mae_mean']:.4g} ± {s['mae_std']:.4g} "
-              f"{d.target_units[0]}; results in {run_dir / 'results.json'}")
+        if d.kind == "scalar":
+            score = f"test MAE {s['mae_mean']:.4g} ± {s['mae_std']:.4g} {d.target_units[0]}"
+        else:
+            unit = f" {d.target_units[0]}" if d.target_units[0] else ""
+            score = (f"test Frobenius error {s['fnorm_mean']:.4g} ± {s['fnorm_std']:.4g}{unit}, "
+                     + ", ".join(f"EwT{p} {100 * s[f'ewt{p}_mean']:.1f} %" for p in (25, 10, 5)))
+        print(f"{len(results['folds'])}/{k_all} folds: {score}; results in {run_dir / 'results.json'}")
     return CVResult(run_dir, results, trained)
+
+
+def _fold_line(rec: Mapping[str, Any]) -> str:
+    """One line of a finished fold: test MAE (scalar) or Frobenius error and EwT (vector/tensor)."""
+    m = rec["metrics"]
+    score = (f"test MAE {m['mae']:.4g}" if "fnorm" not in m else
+             f"test Frobenius error {m['fnorm']:.4g}, EwT25 {m['ewt25']:.3f}, component MAE {m['mae']:.4g}")
+    return f"fold {rec['fold']}: {score} ({rec['wall_s']:.0f} s)"
 
 
 def _write_results(run_dir: Path, d: _Data, key: str, settings: dict[str, Any], name: str, elapsed: float,
                    matbench, leaderboard, command: str, config) -> dict[str, Any]:
     import torch
 
+    from crystalframer.training.evaluation import Predictions
     from crystalframer.training.plots import parity_plot
 
     folds = {}
@@ -536,13 +634,28 @@ def _write_results(run_dir: Path, d: _Data, key: str, settings: dict[str, Any], 
         if rec is not None:
             folds[f"fold_{k}"] = {x: rec.get(x) for x in ("ids", "predictions", "true", "metrics", "val_mae",
                                                          "wall_s", "cpu_s", "threads", "members")}
+            if d.kind != "scalar":
+                folds[f"fold_{k}"]["val_fnorm"] = rec.get("val_fnorm")
             folds[f"fold_{k}"]["n_train"], folds[f"fold_{k}"]["n_val"] = len(rec["train_ids"]), len(rec["val_ids"])
     if not folds:
         raise ValueError(f"{run_dir}: no finished fold")
-    maes = np.array([f["metrics"]["mae"] for f in folds.values()])
     yt = np.concatenate([f["true"] for f in folds.values()])
     yp = np.concatenate([f["predictions"] for f in folds.values()])
-    pooled = fold_metrics(yt, yp)
+    if d.kind == "scalar":
+        maes = np.array([f["metrics"]["mae"] for f in folds.values()])
+        pooled = fold_metrics(yt, yp)
+        metrics = {"mae_mean": float(maes.mean()), "mae_std": float(maes.std()),
+                   "rmse_mean": float(np.mean([f["metrics"]["rmse"] for f in folds.values()])),
+                   "max_error_max": float(max(f["metrics"]["max_error"] for f in folds.values())),
+                   "pooled": pooled, "n": int(pooled["n"])}
+    else:
+        metrics = {}
+        for key in TENSOR_KEYS:  # mean ± std over folds (std with ddof 0, as for scalars)
+            vals = np.array([f["metrics"][key] for f in folds.values()], np.float64)
+            metrics[f"{key}_mean"], metrics[f"{key}_std"] = float(vals.mean()), float(vals.std())
+        pooled = Predictions([x for f in folds.values() for x in f["ids"]], yp, yt, d.target_names, d.target_units,
+                             tensors={d.target: d.kind}).metrics()[d.target]
+        metrics.update(pooled=pooled, n=int(pooled["n"]))
     prev = {}
     if (run_dir / "results.json").is_file():
         try:
@@ -553,12 +666,10 @@ def _write_results(run_dir: Path, d: _Data, key: str, settings: dict[str, Any], 
     results = {
         "title": f"matbench_{task}" if task else str(d.description.get("data") or d.description.get("dataset")
                                                        or d.description.get("source") or "data"),
-        "model": name, "target": d.target_names[0], "target_unit": d.target_units[0],
+        "model": name, "target": d.target, "target_unit": d.target_units[0],
+        **({"target_shape": d.kind, "columns": list(d.target_names)} if d.kind != "scalar" else {}),
         "complete": len(folds) == len(d.folds),
-        "metrics": {"mae_mean": float(maes.mean()), "mae_std": float(maes.std()),
-                    "rmse_mean": float(np.mean([f["metrics"]["rmse"] for f in folds.values()])),
-                    "max_error_max": float(max(f["metrics"]["max_error"] for f in folds.values())),
-                    "pooled": pooled, "n": int(pooled["n"])},
+        "metrics": metrics,
         "folds": folds,
         "wall_s": float(sum(f["wall_s"] for f in folds.values())),
         "cpu_s": float(sum(f["cpu_s"] or 0.0 for f in folds.values())),
@@ -578,8 +689,10 @@ def _write_results(run_dir: Path, d: _Data, key: str, settings: dict[str, Any], 
     elif task == "jdft2d":
         board, source = JDFT2D_LEADERBOARD, LEADERBOARD_SOURCE
     with atomic_open(run_dir / "summary.md", "w") as f:
-        f.write(_summary_md(results, name, board, source))
+        f.write(_summary_md(results, name, board, source) if d.kind == "scalar" else _tensor_summary_md(results))
     if config.plots:
-        parity_plot({f"{len(folds)}-fold CV, test rows": (yt[:, None], yp[:, None])}, d.target_names, d.target_units,
+        # a vector/tensor target: every component of every test row in one panel (rows ∝ components)
+        parity_plot({f"{len(folds)}-fold CV, test rows": (yt.reshape(-1, 1), yp.reshape(-1, 1))},
+                    [d.target if d.kind == "scalar" else f"{d.target} components"], d.target_units[:1],
                     run_dir / "parity.png", title=f"{results['title']}: {name}")
     return results

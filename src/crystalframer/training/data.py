@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Sampler
 from crystalframer.data.structures import Crystal
 
 __all__ = ["DataSpec", "Splits", "EpochShardSampler", "ShardSampler", "CrystalDataModule", "resolve_data",
-           "SHARED_UNITS", "ListDataset", "select_targets", "check_labels", "data_digest", "load_source"]
+           "SHARED_UNITS", "ListDataset", "select_targets", "check_labels", "data_digest", "load_source",
+           "column_units"]
 
 #: Largest finite float32: targets beyond it become inf in the model's float32 arithmetic.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -249,6 +250,18 @@ def binarize_targets(sets: dict[str, list[Crystal]], names: list[str], units: li
     return out, names, units
 
 
+def column_units(spec: DataSpec, names: list[str]) -> list[str]:
+    """Units of the label columns ``names``: ``spec.units`` (one per column, or one per target with vector/tensor
+    targets), else the known units of the shared sets; a flattened column ``e_total[0,1]`` has its target's unit."""
+    units = list(spec.units) if spec.units else [SHARED_UNITS.get(n, SHARED_UNITS.get(n.split("[")[0], ""))
+                                                 for n in names]
+    if spec.target_shapes and len(units) == len(spec.targets or []) != len(names):  # one unit per tensor target
+        from crystalframer.geometry.tensors import n_columns
+
+        units = [u for u, t in zip(units, spec.targets) for _ in range(n_columns(spec.target_shapes.get(t)))]
+    return units
+
+
 def resolve_data(spec: DataSpec) -> Splits:
     """Load and split the data described by ``spec`` (every rank calls this; it is deterministic)."""
     errors: list[tuple[int, str, str]] = []
@@ -289,13 +302,7 @@ def resolve_data(spec: DataSpec) -> Splits:
     if not names:
         raise ValueError(f"the data ({spec.describe()}) has no targets; name them with --targets")
     out = {s: v[0] for s, v in sets.items()}
-    # a flattened column e_total[0,1] has the unit of its target
-    units = list(spec.units) if spec.units else [SHARED_UNITS.get(n, SHARED_UNITS.get(n.split("[")[0], ""))
-                                                 for n in names]
-    if spec.target_shapes and len(units) == len(spec.targets or []) != len(names):  # one unit per tensor target
-        from crystalframer.geometry.tensors import n_columns
-
-        units = [u for u, t in zip(units, spec.targets) for _ in range(n_columns(spec.target_shapes.get(t)))]
+    units = column_units(spec, list(names))
     if spec.binarize:
         out, names, units = binarize_targets(out, list(names), units, spec.binarize)
     if spec.limit is not None:
