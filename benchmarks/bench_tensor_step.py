@@ -1,0 +1,53 @@
+"""Training-step cost of the equivariant frame head vs. direct regression of the Voigt components.
+
+    python benchmarks/bench_tensor_step.py [--data-root ../shared/data] [--rounds 7]
+
+One batch of 32 ``mp_elastic_2015`` structures, the backbone of ``tensor_baselines.py`` (``max`` frames,
+2 layers, d = 48, 4 heads); (a) 21 scalar outputs, (b) the frame head with a (6, 6) target. Forward + backward,
+one torch thread, the two models timed alternately; prints the median time of each and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data-root", default="../shared/data")
+    p.add_argument("--rounds", type=int, default=7)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    import crystalframer as cf
+    from crystalframer.data.batch import collate
+    from crystalframer.data.sources.shared import load_shared
+
+    ds = load_shared("mp_elastic_2015", a.data_root, targets=["elastic_tensor"],
+                     target_shapes={"elastic_tensor": "6x6"})
+    batch = collate([c for c in ds.crystals if np.isfinite(np.asarray(c.targets)).all()][:32])
+    kw = dict(frame="max", num_layers=2, model_dim=48, num_heads=4, ff_dim=96, head_dims=[48], dist_bins=32,
+              angle_bins=32)
+    torch.manual_seed(0)
+    models = {"direct (21 scalars)": cf.CrystalFramer(n_targets=21, **kw),
+              "frame head (6x6)": cf.CrystalFramer(target_names=["elastic_tensor"], target_shapes=["6x6"], **kw)}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for r in range(a.rounds + 1):
+        for name, m in models.items():
+            t = time.perf_counter()
+            m(batch).sum().backward()
+            if r:  # the first round warms up
+                times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        print(f"{k}: {v * 1e3:.0f} ms per step (median of {a.rounds})")
+    d, f = med.values()
+    print(f"frame / direct: {f / d:.2f}")
+
+
+if __name__ == "__main__":
+    main()
