@@ -272,8 +272,9 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
                 data["binarize"][k] = float(v)
             except (TypeError, ValueError):
                 raise ValueError(f"--binarize {k}={v}: the threshold must be a number") from None
-    if _target_shapes(args):
-        data["target_shapes"] = _target_shapes(args)
+    shapes = _target_shapes(args)
+    if shapes:
+        data["target_shapes"] = shapes
     if args.cache_dir:
         data["load_options"] = {**(data.get("load_options") or {}), "cache_dir": args.cache_dir}
     cfg["data"] = data

@@ -489,8 +489,9 @@ def cross_validate(config: Any, output: str | os.PathLike, *, matbench: str | os
             ``val_seed + fold``); 0 trains on all of them (no best-epoch model then).
         ensemble: models per fold (seeds recipe seed + 0..ensemble−1), test predictions averaged.
         ensemble_losses: one training loss per member (e.g. ``["l1", "mse"]``; sets ``ensemble`` to its length).
-            Members trained with different losses err differently: on a heavy-tailed target an L1 model fits the
-            bulk and an MSE model the tail, and their average beats two seeds of either.
+            Members trained with different losses err on different rows (on a heavy-tailed target an L1 model
+            fits the bulk, an MSE model the tail), which a seed ensemble of one loss does not give; whether the
+            average pays for its cost depends on the data (measure it on validation rows).
         select: ``"final"`` (SWA average, or last weights without SWA) or ``"best"`` (best validation epoch).
         jobs: folds trained at once in separate processes, each with ``os.cpu_count() // jobs`` threads.
         leaderboard: a markdown leaderboard table to print beside (default for jdft2d: the published rows).
