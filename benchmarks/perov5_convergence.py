@@ -28,8 +28,8 @@ SMALL = {"num_layers": 2, "model_dim": 64, "num_heads": 4, "ff_dim": 128}
 
 #: name -> (model kwargs, epochs, SWA epochs)
 RUNS = {
-    "max": ({"frame": "max", **SMALL}, 200, 20),
-    "none": ({"frame": "none", **SMALL}, 200, 20),
+    "max": ({"frame": "max", **SMALL}, 120, 20),
+    "none": ({"frame": "none", **SMALL}, 120, 20),
     "spframe_gs": ({"frame": "spframe_gs", **SMALL}, 200, 20),
 }
 

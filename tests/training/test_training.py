@@ -171,6 +171,26 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(splits, tmp_path):
     assert b["swa"]["test"]["heat_all"]["mae"] == pytest.approx(a["swa"]["test"]["heat_all"]["mae"], rel=1e-6)
 
 
+def test_resume_may_change_the_run_length_before_swa_starts(splits, tmp_path):
+    # Planned for 4 epochs, killed in epoch 1 (resume checkpoint: end of epoch 0), finished as a 2-epoch run:
+    # the same weights as a run planned for 2 epochs from the start (the LR schedule ignores the length).
+    straight = train(make_config(tmp_path / "a", epochs=2, swa_epochs=1), splits=splits, verbose=False)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(make_config(tmp_path / "b", epochs=4, swa_epochs=1), splits=splits, callbacks=[Kill(6)],
+              verbose=False)
+    shortened = train(make_config(tmp_path / "b", epochs=2, swa_epochs=1), resume=True, splits=splits,
+                      verbose=False)
+    for (n, p), (_, q) in zip(straight.model.state_dict().items(), shortened.model.state_dict().items()):
+        assert torch.allclose(p, q, atol=1e-6, rtol=0), n
+    assert shortened.metrics["global_steps"] == 8 and shortened.metrics["swa_averaged_steps"] == 4
+    # once the SWA average has started, the plan is fixed
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(make_config(tmp_path / "c", epochs=3, swa_epochs=2), splits=splits, callbacks=[Kill(10)],
+              verbose=False)
+    with pytest.raises(ValueError, match=r"recipe epochs: 3 -> 5"):
+        train(make_config(tmp_path / "c", epochs=5, swa_epochs=2), resume=True, splits=splits, verbose=False)
+
+
 @register_model
 class NaNOnceFramer(CrystalFramer):
     """Returns NaN on its 3rd training forward (with gradients), to exercise the NaN guard."""

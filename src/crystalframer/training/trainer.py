@@ -332,11 +332,29 @@ def _changes(old: Mapping[str, Any], new: Mapping[str, Any], skip: Sequence[str]
 
 #: Recipe fields that may change on resume (they do not change what is trained).
 _RESUMABLE = ("val_batch_size", "test_batch_size", "max_skipped_steps")
+#: Recipe fields that may change on resume while no SWA epoch has run under the old or the new plan: the LR
+#: schedules never look at the total number of epochs, so until SWA starts the run is the same as one
+#: started with the new length.
+_LENGTH = ("epochs", "swa_epochs")
+
+
+def _length_change_ok(ckpt: Mapping[str, Any], old: Mapping[str, Any], new: Recipe) -> bool:
+    """Whether ``epochs``/``swa_epochs`` may change from ``old`` (the checkpoint's recipe) to ``new``: the
+    checkpoint's run has not reached the SWA phase of either plan and the new run still has epochs to go."""
+    done = int(ckpt.get("epoch", 0)) + 1  # Lightning stores the index of the epoch being (or just) trained
+    try:
+        old_start = int(old["epochs"]) - int(old["swa_epochs"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return done <= min(old_start, new.swa_start_epoch) and new.epochs > done
 
 
 def check_resume(ckpt: Mapping[str, Any], ckpt_path: Path, model: torch.nn.Module, recipe: Recipe,
                  splits: Splits, data_sha256: str) -> None:
     """Refuse to resume ``ckpt`` with another model class, architecture, recipe, targets or data.
+
+    The run's length (``epochs``, ``swa_epochs``) may change, longer or shorter, as long as the run has not
+    yet reached the SWA phase of the old or the new plan.
 
     ``ckpt`` is the Lightning checkpoint dict (its ``"crystalframer"`` header). Checkpoints written before
     the data digest was stored are checked on the split sizes instead. Raises ``ValueError`` listing every
@@ -352,7 +370,9 @@ def check_resume(ckpt: Mapping[str, Any], ckpt_path: Path, model: torch.nn.Modul
     else:
         diffs += [f"model {d}" for d in _changes(header.get("config") or {}, getattr(model, "config", {}),
                                                  skip=("target_units",))]
-    diffs += [f"recipe {d}" for d in _changes(info.get("recipe") or {}, recipe.to_dict(), skip=_RESUMABLE)]
+    old_recipe = info.get("recipe") or {}
+    skip = _RESUMABLE + (_LENGTH if _length_change_ok(ckpt, old_recipe, recipe) else ())
+    diffs += [f"recipe {d}" for d in _changes(old_recipe, recipe.to_dict(), skip=skip)]
     if info.get("data_sha256") is not None:
         if info["data_sha256"] != data_sha256:
             diffs.append(f"data: SHA-256 {str(info['data_sha256'])[:12]}... -> {data_sha256[:12]}... (other "
