@@ -23,6 +23,7 @@ from crystalframer.data.batch import ECNBatch
 from crystalframer.data.structures import Crystal, read_structures
 from crystalframer.data.transforms.ecn import ECNGraphTransform
 from crystalframer.data.transforms.ecn_graph import ECNGraph, ECNGraphSettings, connected_only
+from crystalframer.cpu import flush_denormals
 from crystalframer.geometry.images import IMAGE_TOL, pool_radius, sphere_candidates
 from crystalframer.nn.ecn import ECNNet
 from crystalframer.nn.heads import to_target_units
@@ -49,8 +50,9 @@ class PredictorMixin:
         dev = self._device(device)
         dtype = next(self.parameters()).dtype
         try:
-            return [fn(self.collate(chunk).to(dev, dtype)).double().cpu().numpy()
-                    for chunk in self._batches(structures, batch_size, on_error)]
+            with flush_denormals():
+                return [fn(self.collate(chunk).to(dev, dtype)).double().cpu().numpy()
+                        for chunk in self._batches(structures, batch_size, on_error)]
         finally:
             self.train(was_training)
 

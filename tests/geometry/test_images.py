@@ -7,12 +7,14 @@ from functools import lru_cache
 
 import pytest
 import torch
+from ase.build import bulk
 from pymatgen.core import Lattice, Structure
 
 import crystalframer as cf
 from crystalframer.data.batch import collate
 from crystalframer.data.structures import to_crystal
-from crystalframer.geometry.images import IMAGE_TOL, SpherePool, sphere_factor, sphere_images, tail_factor
+from crystalframer.geometry.images import (IMAGE_TOL, SpherePool, sphere_candidates, sphere_factor, sphere_images,
+                                           tail_factor)
 
 SIGMA_MAX = 1.4 / math.sqrt(0.5)  # r0 / √b of the default parametrisation
 
@@ -93,3 +95,30 @@ def test_model_at_sigma_max_matches_a_converged_sphere(frame):
     torch.testing.assert_close(torch.sqrt(-0.5 / out["a"]), torch.full_like(out["a"], SIGMA_MAX))
     rel = (out["pooled"] - want["pooled"]).norm(dim=1) / want["pooled"].norm(dim=1)
     assert float(rel.max()) < 1e-5
+
+
+def test_a_mixed_batch_finds_each_structures_images_with_its_own_box():
+    """A 2.5 Å cell beside a 14 Å cell: the batch search uses a box per structure (the small cell's box
+    would make every pair of the large one try ~40x the shifts), with exactly the images and order of
+    searching each structure alone."""
+    big = Structure(Lattice.from_parameters(14.0, 13.1, 12.2, 88, 95, 101), ["Na", "Cl", "K", "Br"],
+                    [[0, 0, 0], [0.27, 0.51, 0.44], [0.6, 0.15, 0.8], [0.9, 0.7, 0.3]])
+    fe = bulk("Fe", "bcc", a=2.87)
+    tri = Structure(Lattice.from_parameters(4.1, 4.6, 5.3, 81, 97, 105), ["Li", "O"], [[0, 0, 0], [0.4, 0.6, 0.5]])
+    cs = [to_crystal(s) for s in (big, fe, tri, fe.copy())]
+    b = collate(cs)
+    for radius in (6.0, 11.5):
+        both = sphere_candidates(b.lattice, b.pos, b.ptr, radius, chunk=5_000)
+        alone = [sphere_candidates(b.lattice[k:k + 1], b.pos[int(b.ptr[k]):int(b.ptr[k + 1])],
+                                   torch.tensor([0, int(b.ptr[k + 1] - b.ptr[k])]), radius) for k in range(4)]
+        assert torch.equal(both.i, torch.cat([a.i + int(b.ptr[k]) for k, a in enumerate(alone)]))
+        assert torch.equal(both.j, torch.cat([a.j + int(b.ptr[k]) for k, a in enumerate(alone)]))
+        for f in ("vec", "d2", "shift"):
+            assert torch.equal(getattr(both, f), torch.cat([getattr(a, f) for a in alone])), f
+        # every image within the radius, none beyond: brute force over a box that surely holds the sphere
+        for k, c in enumerate(cs):
+            box = torch.stack(torch.meshgrid(*[torch.arange(-14, 15)] * 3, indexing="ij"), -1).reshape(-1, 3)
+            lat = torch.as_tensor(c.lattice, dtype=torch.float64)
+            pos = torch.as_tensor(c.positions, dtype=torch.float64)
+            r = pos[None, :, None] - pos[:, None, None] + (box.double() @ lat)[None, None]
+            assert int(((r * r).sum(-1) <= radius * radius).sum()) == alone[k].i.shape[0]

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from crystalframer.cpu import flush_denormals
 from crystalframer.atomic import check_writable_folder
 from crystalframer.checkpoint import CheckpointError, jsonable, library_version, load, safe_torch_load, save_model
 from crystalframer.data.structures import Crystal
@@ -571,15 +572,16 @@ def train(config: TrainConfig | Mapping[str, Any], resume: bool | str = False, s
         plugins=[SafeCheckpointIO((ckpt_path, resume_ckpt) if resume_ckpt is not None else None)],
     )
     t0 = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    finally:
-        if main:
-            os.environ.pop(RUN_DIR_ENV, None)
-    fit_time = time.perf_counter() - t0
-    if not trainer.is_global_zero:
-        return RunResult(run_dir, {}, history=module.history)
-    return _finish(run_dir, config, recipe, module, ckpt_cb, splits, trainer, fit_time, verbose)
+    with flush_denormals():  # far images' weights are denormal floats, slow on x86 CPUs
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        finally:
+            if main:
+                os.environ.pop(RUN_DIR_ENV, None)
+        fit_time = time.perf_counter() - t0
+        if not trainer.is_global_zero:
+            return RunResult(run_dir, {}, history=module.history)
+        return _finish(run_dir, config, recipe, module, ckpt_cb, splits, trainer, fit_time, verbose)
 
 
 def _multi_device(devices: Any, num_nodes: int) -> bool:
