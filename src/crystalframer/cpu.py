@@ -1,10 +1,11 @@
 """CPU arithmetic settings for training and prediction.
 
-Far periodic images give attention weights and distance-basis values below the smallest normal float
-(1.2e-38 in float32): ``exp`` of arguments beyond −87. x86 CPUs handle such *denormal* numbers in microcode,
-many times slower than normal ones, and every product and sum they enter slows down with them; flushing them
-to zero (their values are invisible next to the weights that matter) makes a CPU training step
-~15–20 % faster (``benchmarks/bench_denormals.py``). ``CRYSTALFRAMER_FLUSH_DENORMAL=0`` keeps them.
+Far periodic images give attention weights, products and gradients below the smallest normal float (1.2e-38
+in float32). x86 CPUs handle such *denormal* numbers in microcode, many times slower than normal ones, and
+every product and sum they enter slows down with them. Flushing them to zero (their values are invisible next
+to the weights that matter) makes a CPU training step 4–9 % faster (``benchmarks/bench_denormals.py``; 14–24 %
+before the distance basis stopped producing them, see :func:`crystalframer.nn.basis.underflow_floor`).
+``CRYSTALFRAMER_FLUSH_DENORMAL=0`` keeps them.
 """
 
 from __future__ import annotations

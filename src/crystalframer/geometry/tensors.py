@@ -122,9 +122,23 @@ def rotate(t: Tensor, rot: Tensor) -> Tensor:
     raise ValueError(f"cannot rotate a rank-{rank} tensor")
 
 
+def bond_matrix(rot: Tensor) -> Tensor:
+    """The 6×6 Bond matrix M of rotations R (…, 3, 3), with which a Voigt stiffness rotates as M V Mᵀ.
+
+    M[I, J] = R_ik R_jl + R_il R_jk for I = (i, j), J = (k, l) with k ≠ l, and R_ik R_jk for k = l (the two
+    entries C_..kl and C_..lk of a tensor with minor symmetries share one Voigt index).
+    """
+    p = torch.tensor(VOIGT_PAIRS, device=rot.device)
+    i, j = p[:, 0, None], p[:, 1, None]  # row pair (6, 1)
+    k, m = p[None, :, 0], p[None, :, 1]  # column pair (1, 6)
+    return rot[..., i, k] * rot[..., j, m] + (k != m) * rot[..., i, m] * rot[..., j, k]
+
+
 def rotate_voigt(v: Tensor, rot: Tensor) -> Tensor:
-    """R applied to a (…, 6, 6) Voigt stiffness tensor (through the full rank-4 tensor)."""
-    return full_to_voigt(rotate(voigt_to_full(v), rot))
+    """R applied to a (…, 6, 6) Voigt stiffness tensor: M V Mᵀ with the Bond matrix M of R (the same as rotating
+    the full rank-4 tensor, with 2 · 216 products instead of 4 · 243 and no (…, 3, 3, 3, 3) intermediates)."""
+    mat = bond_matrix(rot).to(v.dtype)
+    return mat @ v @ mat.transpose(-1, -2)
 
 
 def isotropic_part(t: Tensor, kind: str) -> Tensor:

@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from crystalframer.geometry.tensors import KINDS, full_to_voigt, rotate, target_kind, voigt_to_full
+from crystalframer.geometry.tensors import KINDS, rotate, rotate_voigt, target_kind
 
 
 def _local_tensor(c: Tensor, kind: str) -> Tensor:
@@ -51,26 +51,28 @@ def _local_tensor(c: Tensor, kind: str) -> Tensor:
         m = c.new_zeros(c.shape[:-1] + (3, 3))
         m[..., iu[0], iu[1]] = c
         return m + m.transpose(-1, -2) - torch.diag_embed(m.diagonal(dim1=-2, dim2=-1))
-    if kind == "6x6":
+    if kind == "6x6":  # kept in Voigt form: rotated with the Bond matrix (rotate_voigt)
         iu = torch.triu_indices(6, 6, device=c.device)
         m = c.new_zeros(c.shape[:-1] + (6, 6))
         m[..., iu[0], iu[1]] = c
-        m = m + m.transpose(-1, -2) - torch.diag_embed(m.diagonal(dim1=-2, dim2=-1))
-        return voigt_to_full(m)
+        return m + m.transpose(-1, -2) - torch.diag_embed(m.diagonal(dim1=-2, dim2=-1))
     raise ValueError(kind)
 
 
-def frame_back(local: Tensor, frames: Tensor, weights: Tensor) -> Tensor:
+def frame_back(local: Tensor, frames: Tensor, weights: Tensor, voigt: bool = False) -> Tensor:
     """Σ_t w_t F_t⁻¹(local): in-frame vectors/tensors (N, H, …) → Cartesian (N, H, …).
 
     Args:
-        local: (N, H, 3), (N, H, 3, 3) or (N, H, 3, 3, 3, 3) in-frame predictions.
+        local: (N, H, 3), (N, H, 3, 3) or (N, H, 3, 3, 3, 3) in-frame predictions, or (N, H, 6, 6) Voigt
+            stiffnesses with ``voigt=True``.
         frames: (N, H, T, 3, 3) candidate frames (rows e1, e2, e3); weights: (N, H, T) summing to 1.
     """
     rank = local.dim() - 2
     ft = frames.transpose(-1, -2)  # F⁻¹ = Fᵀ: column a of Fᵀ is axis e_a
     loc = local[:, :, None].expand(local.shape[:2] + (frames.shape[2],) + local.shape[2:])
-    if rank == 1:
+    if voigt:
+        out = rotate_voigt(loc, ft)
+    elif rank == 1:
         out = torch.einsum("nhtia,nhta->nhti", ft, loc)
     elif rank == 2:
         out = torch.einsum("nhtia,nhtab,nhtjb->nhtij", ft, loc, ft)
@@ -109,9 +111,7 @@ class FrameTensorHead(nn.Module):
         counts = torch.bincount(batch, minlength=num_graphs).to(x.dtype).clamp_min(1)
         outs = []
         for kind, c in zip(self.kinds, comps):
-            cart = frame_back(_local_tensor(c, kind), frames.to(x.dtype), weights).mean(1)  # (N, …)
-            if kind == "6x6":
-                cart = full_to_voigt(cart)
+            cart = frame_back(_local_tensor(c, kind), frames.to(x.dtype), weights, voigt=kind == "6x6").mean(1)
             cart = cart.reshape(N, -1)
             pooled = cart.new_zeros(num_graphs, cart.shape[1]).index_add_(0, batch, cart) / counts[:, None]
             outs.append(pooled)
