@@ -61,7 +61,7 @@ def main(name: str) -> None:
     for f in ("config.json", "metrics.json", "history.csv", "learning_curves.png"):
         if (run_dir / f).exists():
             shutil.copy2(run_dir / f, dest / f)
-    for f in (run_dir / "predictions").glob("test*"):
+    for f in (run_dir / "predictions").glob("*.csv"):  # swa/best x val/test, per row
         shutil.copy2(f, dest / f.name)
     results = json.loads((OUT / "results.json").read_text()) if (OUT / "results.json").exists() else {}
     results[name] = rec

@@ -19,11 +19,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from crystalframer.cpu import flush_denormals
 from crystalframer.data.batch import ECNBatch
 from crystalframer.data.structures import Crystal, read_structures
 from crystalframer.data.transforms.ecn import ECNGraphTransform
 from crystalframer.data.transforms.ecn_graph import ECNGraph, ECNGraphSettings, connected_only
-from crystalframer.cpu import flush_denormals
 from crystalframer.geometry.images import IMAGE_TOL, pool_radius, sphere_candidates
 from crystalframer.nn.ecn import ECNNet
 from crystalframer.nn.heads import to_target_units

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from crystalframer.cpu import flush_denormals
 from crystalframer.atomic import check_writable_folder
 from crystalframer.checkpoint import CheckpointError, jsonable, library_version, load, safe_torch_load, save_model
+from crystalframer.cpu import flush_denormals
 from crystalframer.data.structures import Crystal
 from crystalframer.training.data import CrystalDataModule, DataSpec, Splits, check_labels, data_digest, resolve_data
 from crystalframer.training.evaluation import evaluate_crystals, write_predictions_csv
