@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from crystalframer.geometry.tensors import KINDS, rotate, rotate_voigt, target_kind
+from crystalframer.geometry.tensors import KINDS, rotate_voigt, target_kind
 
 
 def _local_tensor(c: Tensor, kind: str) -> Tensor:
@@ -59,25 +59,23 @@ def _local_tensor(c: Tensor, kind: str) -> Tensor:
     raise ValueError(kind)
 
 
-def frame_back(local: Tensor, frames: Tensor, weights: Tensor, voigt: bool = False) -> Tensor:
+def frame_back(local: Tensor, frames: Tensor, weights: Tensor) -> Tensor:
     """Σ_t w_t F_t⁻¹(local): in-frame vectors/tensors (N, H, …) → Cartesian (N, H, …).
 
     Args:
-        local: (N, H, 3), (N, H, 3, 3) or (N, H, 3, 3, 3, 3) in-frame predictions, or (N, H, 6, 6) Voigt
-            stiffnesses with ``voigt=True``.
+        local: (N, H, 3) vectors, (N, H, 3, 3) rank-2 tensors or (N, H, 6, 6) Voigt stiffnesses (rotated with
+            the Bond matrix, :func:`~crystalframer.geometry.tensors.rotate_voigt`), in frame.
         frames: (N, H, T, 3, 3) candidate frames (rows e1, e2, e3); weights: (N, H, T) summing to 1.
     """
     rank = local.dim() - 2
     ft = frames.transpose(-1, -2)  # F⁻¹ = Fᵀ: column a of Fᵀ is axis e_a
     loc = local[:, :, None].expand(local.shape[:2] + (frames.shape[2],) + local.shape[2:])
-    if voigt:
-        out = rotate_voigt(loc, ft)
-    elif rank == 1:
+    if rank == 1:
         out = torch.einsum("nhtia,nhta->nhti", ft, loc)
-    elif rank == 2:
-        out = torch.einsum("nhtia,nhtab,nhtjb->nhtij", ft, loc, ft)
+    elif local.shape[-2:] == (6, 6):
+        out = rotate_voigt(loc, ft)
     else:
-        out = rotate(loc, ft)
+        out = torch.einsum("nhtia,nhtab,nhtjb->nhtij", ft, loc, ft)
     w = weights.to(out.dtype).reshape(weights.shape + (1,) * rank)
     return (out * w).sum(2)
 
@@ -111,7 +109,7 @@ class FrameTensorHead(nn.Module):
         counts = torch.bincount(batch, minlength=num_graphs).to(x.dtype).clamp_min(1)
         outs = []
         for kind, c in zip(self.kinds, comps):
-            cart = frame_back(_local_tensor(c, kind), frames.to(x.dtype), weights, voigt=kind == "6x6").mean(1)
+            cart = frame_back(_local_tensor(c, kind), frames.to(x.dtype), weights).mean(1)  # (N, …)
             cart = cart.reshape(N, -1)
             pooled = cart.new_zeros(num_graphs, cart.shape[1]).index_add_(0, batch, cart) / counts[:, None]
             outs.append(pooled)
