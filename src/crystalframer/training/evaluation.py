@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from crystalframer.atomic import atomic_open
+from crystalframer.cpu import flush_denormals
 from crystalframer.data.structures import Crystal
 from crystalframer.geometry.tensors import column_names
 from crystalframer.nn.heads import to_target_units
@@ -98,14 +99,15 @@ def predict_crystals(model: torch.nn.Module, crystals: Sequence[Crystal], batch_
     preds, trues = [], []
     have_labels = len(crystals) > 0 and all(c.targets is not None for c in crystals)
     try:
-        for k in range(0, len(crystals), batch_size):
-            chunk = list(crystals[k:k + batch_size])
-            batch = model.collate(chunk).to(dev, dtype)
-            out = to_target_units(model(batch), model.target_mean, model.target_std, task,
-                                  getattr(model, "target_transform", "none"))
-            preds.append(out.double().cpu().numpy())
-            if have_labels:
-                trues.append(np.stack([np.asarray(c.targets, np.float64) for c in chunk]))
+        with flush_denormals():  # as model.predict: far images' denormal floats are slow on x86 CPUs
+            for k in range(0, len(crystals), batch_size):
+                chunk = list(crystals[k:k + batch_size])
+                batch = model.collate(chunk).to(dev, dtype)
+                out = to_target_units(model(batch), model.target_mean, model.target_std, task,
+                                      getattr(model, "target_transform", "none"))
+                preds.append(out.double().cpu().numpy())
+                if have_labels:
+                    trues.append(np.stack([np.asarray(c.targets, np.float64) for c in chunk]))
     finally:
         model.train(was_training)
     T = len(names)
