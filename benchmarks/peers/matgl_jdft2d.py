@@ -1,4 +1,4 @@
-"""A peer on the same folds: matgl (PyTorch Geometric backend) MEGNet or M3GNet on Matbench matbench_jdft2d.
+"""A peer on the same folds: matgl (PyTorch Geometric backend) MEGNet, M3GNet or TensorNet on Matbench matbench_jdft2d.
 
 Same protocol as ``crystalframer cv``: the official folds, the same validation rows drawn from each fold's
 training rows (``crystalframer.training.cv.fold_sets``), the test rows predicted once by the final weights.
@@ -63,7 +63,7 @@ class EpochLog(L.Callback):
 
 def matgl_setup(model_name: str, train: list, val: list, test: list | None = None, seed: int = 123,
                 lr: float = 1e-3, decay_steps: int = 1000) -> tuple:
-    """matgl ``ModelLightningModule`` (``megnet`` or ``m3gnet``, PyG backend) and its (train, val[, test])
+    """matgl ``ModelLightningModule`` (``megnet``, ``m3gnet`` or ``tensornet``, PyG backend) and its (train, val[, test])
     loaders for crystalframer ``Crystal`` lists (first target). L1 loss on the target standardised with the
     training rows' mean and std; batch 32. M3GNet builds its three-body line graph inside its forward pass."""
     from matgl.ext.pymatgen import Structure2Graph, get_element_list
@@ -97,8 +97,13 @@ def matgl_setup(model_name: str, train: list, val: list, test: list | None = Non
         from matgl.models import M3GNet
 
         model = M3GNet(element_types=elements, is_intensive=True, readout_type="set2set", cutoff=cutoff)
+    elif model_name == "tensornet":
+        from matgl.models import TensorNet
+
+        # matgl's defaults (2 blocks, 64 units, O(3) invariants, weighted-atom readout) for an intensive target
+        model = TensorNet(element_types=elements, is_intensive=True, cutoff=cutoff)
     else:
-        raise ValueError(f"unknown matgl model {model_name!r} (megnet or m3gnet)")
+        raise ValueError(f"unknown matgl model {model_name!r} (megnet, m3gnet or tensornet)")
     y = np.array(labels["train"])
     module = ModelLightningModule(model=model, data_mean=float(y.mean()), data_std=float(y.std()),
                                   loss="l1_loss", lr=lr, decay_steps=decay_steps)
@@ -144,7 +149,7 @@ def _fold(job: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=["megnet", "m3gnet"], default="megnet")
+    p.add_argument("--model", choices=["megnet", "m3gnet", "tensornet"], default="megnet")
     p.add_argument("--budget-from", help="our results.json: each fold gets the CPU seconds our fold used")
     p.add_argument("--cpu-budget-s", type=float, help="CPU seconds per fold instead")
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
@@ -185,7 +190,7 @@ def main() -> None:
     else:
         recs = [_fold(j) for j in jobs]
     maes = np.array([r["metrics"]["mae"] for r in recs])
-    name = a.name or {"megnet": "matgl-megnet", "m3gnet": "matgl-m3gnet"}[a.model]
+    name = a.name or f"matgl-{a.model}"
     out = {"title": "matbench_jdft2d", "model": name, "target": "exfoliation_en", "target_unit": "meV/atom",
            "complete": len(recs) == 5,
            "metrics": {"mae_mean": float(maes.mean()), "mae_std": float(maes.std())},

@@ -12,7 +12,9 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 import crystalframer as cf
-from crystalframer.geometry.tensors import full_to_voigt, isotropic_part, rotate_voigt, target_kind, voigt_to_full
+from crystalframer.geometry.tensors import (full_to_voigt, isotropic_part, rotate, rotate_voigt, target_kind,
+                                           voigt_to_full)
+from crystalframer.nn.tensor_heads import frame_back
 from tests.helpers import SKEW, change_basis, permute, random_rotation, reimage, supercell
 from tests.helpers import rotate as rotate_structure
 
@@ -162,6 +164,29 @@ def test_hexagonal_crystal_is_uniaxial_along_c():
         # non-centrosymmetric (6mm): the rotations of the point group (see the module docstring)
         for g in _point_group_rotations(t_s, proper_only=True):
             assert rel(rotate_voigt(c, torch.as_tensor(g)).numpy(), c.numpy()) < TOL
+
+
+@pytest.mark.parametrize("shape", [(3,), (3, 3), (6, 6)])
+def test_frame_back_is_the_weighted_sum_over_candidate_frames(shape):
+    """Padded tie sets (most slots empty, as in a batch of cubic and triclinic crystals): frame_back rotates only
+    the weighted candidates; it must equal Σ_t w_t F_tᵀ(local), gradients included."""
+    g = torch.Generator().manual_seed(0)
+    N, H, T = 5, 2, 6
+    q, _ = torch.linalg.qr(torch.randn(N, H, T, 3, 3, generator=g, dtype=torch.float64))
+    frames = q * torch.linalg.det(q)[..., None, None]  # proper rotations
+    used = torch.tensor([1, 6, 2, 1, 4])[:, None].expand(N, H)  # candidates per atom (the rest is padding)
+    weights = (torch.arange(T) < used[..., None]).double() * torch.rand(N, H, T, generator=g, dtype=torch.float64)
+    weights = weights / weights.sum(-1, keepdim=True)
+    local = torch.randn((N, H) + shape, generator=g, dtype=torch.float64, requires_grad=True)
+    turn = rotate_voigt if shape == (6, 6) else rotate
+    ref = sum(weights[:, :, t].reshape((N, H) + (1,) * len(shape)) * turn(local, frames[:, :, t].transpose(-1, -2))
+              for t in range(T))
+    out = frame_back(local, frames, weights)
+    assert out.shape == local.shape
+    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+    (ga,) = torch.autograd.grad(out.square().sum(), local)
+    (gb,) = torch.autograd.grad(ref.square().sum(), local)
+    assert torch.allclose(ga, gb, rtol=1e-12, atol=1e-12)
 
 
 def test_scalar_models_unchanged():

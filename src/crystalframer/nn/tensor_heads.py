@@ -67,17 +67,23 @@ def frame_back(local: Tensor, frames: Tensor, weights: Tensor) -> Tensor:
             the Bond matrix, :func:`~crystalframer.geometry.tensors.rotate_voigt`), in frame.
         frames: (N, H, T, 3, 3) candidate frames (rows e1, e2, e3); weights: (N, H, T) summing to 1.
     """
+    N, H, T = weights.shape
     rank = local.dim() - 2
-    ft = frames.transpose(-1, -2)  # F⁻¹ = Fᵀ: column a of Fᵀ is axis e_a
-    loc = local[:, :, None].expand(local.shape[:2] + (frames.shape[2],) + local.shape[2:])
+    # Only the candidates with a weight are rotated: T is padded to the largest tie set of the batch (up to
+    # 96 in cubic crystals) while most atoms have one frame, so 75-95 % of the slots are empty.
+    slot = (weights.reshape(-1) > 0).nonzero().squeeze(1)  # (P,) into N·H·T
+    owner = torch.div(slot, T, rounding_mode="floor")  # (P,) into N·H
+    ft = frames.reshape(-1, 3, 3)[slot].transpose(-1, -2)  # F⁻¹ = Fᵀ: column a of Fᵀ is axis e_a
+    loc = local.reshape((N * H,) + local.shape[2:])[owner]
     if rank == 1:
-        out = torch.einsum("nhtia,nhta->nhti", ft, loc)
+        out = torch.einsum("pia,pa->pi", ft, loc)
     elif local.shape[-2:] == (6, 6):
         out = rotate_voigt(loc, ft)
     else:
-        out = torch.einsum("nhtia,nhtab,nhtjb->nhtij", ft, loc, ft)
-    w = weights.to(out.dtype).reshape(weights.shape + (1,) * rank)
-    return (out * w).sum(2)
+        out = torch.einsum("pia,pab,pjb->pij", ft, loc, ft)
+    w = weights.reshape(-1)[slot].to(out.dtype).reshape((-1,) + (1,) * rank)
+    total = out.new_zeros((N * H,) + out.shape[1:]).index_add_(0, owner, out * w)
+    return total.reshape(local.shape)
 
 
 class FrameTensorHead(nn.Module):
