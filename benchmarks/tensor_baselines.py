@@ -18,7 +18,9 @@ Each run writes ``<out>/records/<target>_<method>_seed<k>.json`` (settings, metr
 (val/test predictions per snapshot); the Lightning run folder (checkpoints, logs) is scratch in ``<out>/runs/``.
 
 ``--summarize`` then picks, for each (target, method), the snapshot epoch with the lowest mean validation
-Frobenius error over the seeds (test rows are never used to choose), writes the per-row test predictions of
+Frobenius error over the seeds among the epochs that all runs of both methods have (equal optimizer steps; test
+rows are never used to choose), and again for the direct method among all its epochs whose training CPU does
+not exceed the frame head's at its chosen epoch (equal CPU, :func:`equal_cpu`), writes the per-row test predictions of
 that epoch to ``<out>/<target>_<method>_seed<k>_test.csv``, the summary to ``<out>/<target>_summary.json`` and
 prints a Markdown table (mean ± std over seeds).
 
@@ -202,12 +204,47 @@ def main_run(args) -> None:
                         **snap.preds)
 
 
-def summarize(args) -> None:
-    """Choose each method's epoch budget on the validation rows; write test CSVs, the summary json and a table."""
+def write_test_csv(out: Path, target: str, kind: str, method: str, seed: int, epoch: int, tag: str = "") -> None:
+    """Per-row test predictions of one run at one snapshot epoch: ``<out>/<target>_<method>_seed<k><tag>_test.csv``
+    (id, true and predicted components)."""
     import pandas as pd
 
     from crystalframer.geometry.tensors import column_names
 
+    cols = column_names(target, kind)
+    z = np.load(out / "records" / f"{target}_{method}_seed{seed}.npz")
+    ids, n = z["ids_test"], len(z["ids_test"])
+    table = pd.DataFrame({"id": ids})
+    for name, arr in (("true", z["true_test"]), ("pred", z[f"test_epoch{epoch}"])):
+        for k, col in enumerate(cols):
+            table[f"{name}{col[len(target):]}"] = arr.reshape(n, -1)[:, k].astype(np.float64)
+    table.to_csv(out / f"{target}_{method}_seed{seed}{tag}_test.csv", index=False, float_format="%.6g")
+
+
+def equal_cpu(found: dict, frame: dict, keys: tuple) -> dict:
+    """The direct method at the frame head's training CPU: its budget chosen on validation (lowest mean val
+    Frobenius error over the seeds) among all its snapshot epochs whose mean training CPU seconds do not exceed
+    the frame head's at the frame head's chosen epoch (``cap_cpu_s``). Direct runs may be longer than the frame
+    runs for this; ``capped`` says whether the cap, not the end of the runs, limited the choice."""
+    data = found["direct"]
+    epochs = sorted(set.intersection(*[{r["epoch"] for r in d["snapshots"]} for d in data]))
+    by = {e: [next(r for r in d["snapshots"] if r["epoch"] == e) for d in data] for e in epochs}
+    cpu = {e: float(np.mean([r["train_cpu_s"] for r in by[e]])) for e in epochs}
+    cap = float(np.mean(frame["train_cpu_s"]))
+    allowed = [e for e in epochs if cpu[e] <= cap] or epochs[:1]
+    val_fnorm = {e: float(np.mean([r["val"]["fnorm"] for r in by[e]])) for e in allowed}
+    best = min(allowed, key=lambda e: val_fnorm[e])
+    stat = {split: {k: [r[split][k] for r in by[best]] for k in keys} for split in ("val", "test")}
+    return {"cap_cpu_s": cap, "mean_train_cpu_s_by_epoch": cpu, "allowed_epochs": allowed,
+            "capped": allowed[-1] != epochs[-1], "chosen_epoch": best, "mean_val_fnorm_by_epoch": val_fnorm,
+            "seeds": [d["settings"]["seed"] for d in data], "steps": [r["steps"] for r in by[best]],
+            "train_cpu_s": [r["train_cpu_s"] for r in by[best]],
+            **{split: {k: {"values": v, "mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in s.items()}
+               for split, s in stat.items()}}
+
+
+def summarize(args) -> None:
+    """Choose each method's epoch budget on the validation rows; write test CSVs, the summary json and a table."""
     out = Path(args.out)
     target = args.target
     kind = SETS[DATASET_OF[target]]
@@ -236,21 +273,26 @@ def summarize(args) -> None:
             **{split: {k: {"values": v, "mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in s.items()}
                for split, s in stat.items()},
         }
-        cols = column_names(target, kind)
         for seed in seeds:  # per-row test predictions at the chosen epoch
-            z = np.load(out / "records" / f"{target}_{method}_seed{seed}.npz")
-            ids, n = z["ids_test"], len(z["ids_test"])
-            table = pd.DataFrame({"id": ids})
-            for name, arr in (("true", z["true_test"]), ("pred", z[f"test_epoch{best}"])):
-                for k, col in enumerate(cols):
-                    table[f"{name}{col[len(target):]}"] = arr.reshape(n, -1)[:, k].astype(np.float64)
-            table.to_csv(out / f"{target}_{method}_seed{seed}_test.csv", index=False, float_format="%.6g")
+            write_test_csv(out, target, kind, method, seed, best)
         m = summary[method]
         rows.append(f"| `{target}` | {method} | {best} | {int(np.mean(m['steps']))} | "
                     f"{np.mean(m['train_cpu_s']):.0f} ± {np.std(m['train_cpu_s']):.0f} | {len(seeds)} | "
                     f"{m['val']['fnorm']['mean']:.3g} | "
                     + " | ".join(f"{m['test'][k]['mean'] * (100 if k.startswith('ewt') else 1):.3g} ± "
                                  f"{m['test'][k]['std'] * (100 if k.startswith('ewt') else 1):.2g}"
+                                 for k in keys) + " |")
+    if found["direct"] and found["frame"]:
+        summary["direct_at_frame_cpu"] = equal_cpu(found, summary["frame"], keys)
+        e = summary["direct_at_frame_cpu"]
+        if e["chosen_epoch"] != summary["direct"]["chosen_epoch"]:
+            for seed in e["seeds"]:
+                write_test_csv(out, target, kind, "direct", seed, e["chosen_epoch"], "_equal_cpu")
+        rows.append(f"| `{target}` | direct, CPU ≤ frame's | {e['chosen_epoch']} | {int(np.mean(e['steps']))} | "
+                    f"{np.mean(e['train_cpu_s']):.0f} ± {np.std(e['train_cpu_s']):.0f} | {len(e['seeds'])} | "
+                    f"{e['val']['fnorm']['mean']:.3g} | "
+                    + " | ".join(f"{e['test'][k]['mean'] * (100 if k.startswith('ewt') else 1):.3g} ± "
+                                 f"{e['test'][k]['std'] * (100 if k.startswith('ewt') else 1):.2g}"
                                  for k in keys) + " |")
     (out / f"{target}_summary.json").write_text(json.dumps(summary, indent=2))
     print("| target | method | epochs (val) | steps | train CPU s | seeds | val ‖ΔT‖_F | test ‖ΔT‖_F | "

@@ -12,6 +12,8 @@ crosses it. Models are built and trained through matgl's public API (``MGLDatase
         benchmarks/matbench/matbench_jdft2d/crystalframer-matbench/results.json --jobs 5
     python benchmarks/peers/matgl_jdft2d.py --model m3gnet --jobs 1 --threads 1 --budget-from \
         benchmarks/matbench/matbench_jdft2d/crystalframer-small-data/results.json
+    python benchmarks/peers/matgl_jdft2d.py --model tensornet --jobs 1 --threads 1 --budget-from \
+        benchmarks/matbench/matbench_jdft2d/crystalframer-small-data/results.json
 
 Each fold's record holds its per-epoch validation MAE (``history``). The data folder is
 ``$CRYSTALFRAMER_SHARED/data/matbench_jdft2d`` (default: ``shared`` beside the repository).
