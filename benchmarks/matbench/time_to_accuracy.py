@@ -3,8 +3,8 @@
 Each model trains on the fold's training rows and is validated on the same validation rows as
 ``crystalframer cv`` uses (``crystalframer.training.cv.fold_sets``, 10 %, seed 0 + fold), in its own process with
 one torch thread, one model at a time: crystalframer with the configuration of the ``small-data`` cv run (its
-``results.json`` settings, so the run is that fold's member bit for bit), matgl MEGNet and M3GNet (PyG backend,
-set up as in ``benchmarks/peers/matgl_jdft2d.py``). Every model gets the same CPU budget (``--budget-factor`` ×
+``results.json`` settings, so the run is that fold's member bit for bit), matgl MEGNet, M3GNet and TensorNet (PyG
+backend, set up as in ``benchmarks/peers/matgl_jdft2d.py``). Every model gets the same CPU budget (``--budget-factor`` ×
 the CPU seconds our small-data run spent on the fold); the peers stop at the end of the epoch that crosses it,
 crystalframer's preset ends at its own schedule (16 epochs, SWA over the last 4). Clocks start when training
 starts (graph building is recorded apart). The validation MAE is in meV/atom on the original scale for every
@@ -12,7 +12,7 @@ model (crystalframer's ``val/mae_<target>`` converts the log-target predictions 
 ``val_MAE`` is that of the de-standardised predictions). The plot also draws the validation MAE of two
 constants, the training rows' median and mean.
 
-    python benchmarks/matbench/time_to_accuracy.py                  # train all three, then plot
+    python benchmarks/matbench/time_to_accuracy.py                  # train all four, then plot
     python benchmarks/matbench/time_to_accuracy.py --models megnet  # (re)run one; others kept in the JSON
     python benchmarks/matbench/time_to_accuracy.py --plot-only
 """
@@ -37,8 +37,9 @@ from matgl_jdft2d import DATA, EpochLog, matgl_setup, matgl_trainer  # noqa: E40
 
 SMALL = HERE / "matbench_jdft2d" / "crystalframer-small-data" / "results.json"
 OUT = HERE / "time_to_accuracy.json"
-MODELS = ("crystalframer", "megnet", "m3gnet")
-LABELS = {"crystalframer": "crystalframer small-data", "megnet": "matgl MEGNet", "m3gnet": "matgl M3GNet"}
+MODELS = ("crystalframer", "megnet", "m3gnet", "tensornet")
+LABELS = {"crystalframer": "crystalframer small-data", "megnet": "matgl MEGNet", "m3gnet": "matgl M3GNet",
+          "tensornet": "matgl TensorNet"}
 
 
 def _run(job: dict) -> dict:
@@ -134,15 +135,17 @@ def main() -> None:
         ours_cpu = json.loads(SMALL.read_text())["folds"][f"fold_{a.fold}"]["cpu_s"]
         if doc and (doc.get("fold"), doc.get("budget_factor")) != (a.fold, a.budget_factor):
             doc = {}  # other settings: start a new record
+        command = "python " + " ".join(sys.argv)
         doc.update(fold=a.fold, budget_factor=a.budget_factor, budget_cpu_s=a.budget_factor * ours_cpu,
-                   machine={"cpu_count": os.cpu_count()}, command="python " + " ".join(sys.argv))
+                   machine={"cpu_count": os.cpu_count()})
+        doc.setdefault("command", command)
         doc.setdefault("models", {})
         os.environ.update(OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
         for name in a.models:  # one process at a time, each with one thread
             job = {"model": name, "fold": a.fold, "budget": doc["budget_cpu_s"], "seed": a.seed}
             with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
                 rec = ex.submit(_run, job).result()
-            doc["models"][name] = rec
+            doc["models"][name] = {**rec, "command": command}
             doc.update({k: rec[k] for k in ("n_val", "mean_predictor_val_mae", "median_predictor_val_mae")})
             OUT.write_text(json.dumps(doc, indent=1))
             last = rec["history"][-1]
