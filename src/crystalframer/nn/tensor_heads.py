@@ -69,8 +69,9 @@ def frame_back(local: Tensor, frames: Tensor, weights: Tensor) -> Tensor:
     """
     N, H, T = weights.shape
     rank = local.dim() - 2
-    # Only the candidates with a weight are rotated: T is padded to the largest tie set of the batch (up to
-    # 96 in cubic crystals) while most atoms have one frame, so 75-95 % of the slots are empty.
+    # Only the candidates with a weight are rotated: with tie-averaged frames (evaluation) T is padded to the
+    # largest tie set of the batch (up to 96 in cubic crystals) while most atoms have one frame, so on
+    # elastic-tensor batches 75-95 % of the slots are empty.
     slot = (weights.reshape(-1) > 0).nonzero().squeeze(1)  # (P,) into N·H·T
     owner = torch.div(slot, T, rounding_mode="floor")  # (P,) into N·H
     ft = frames.reshape(-1, 3, 3)[slot].transpose(-1, -2)  # F⁻¹ = Fᵀ: column a of Fᵀ is axis e_a
