@@ -2,11 +2,12 @@
 
     python benchmarks/bench_tensor_step.py [--data-root ../shared/data] [--rounds 7]
 
-``--batches`` random batches of 32 ``mp_elastic_2015`` structures (seeded; tie sets, hence the frame head's
-work, differ between batches: cubic crystals have up to 96 candidate frames per atom), the backbone of ``tensor_baselines.py`` (``max`` frames,
-2 layers, d = 48, 4 heads); (a) 21 scalar outputs, (b) the frame head with a (6, 6) target. Forward + backward,
-one torch thread, the two models timed alternately; prints, per model, the median over rounds of the time
-for all batches, and their ratio.
+``--batches`` random batches of 32 ``mp_elastic_2015`` structures (seeded), the backbone of
+``tensor_baselines.py`` (``max`` frames, 2 layers, d = 48, 4 heads), untrained; (a) 21 scalar outputs, (b) the
+frame head with a (6, 6) target. Forward + backward in training mode (one frame per atom and head), one torch
+thread, the two models timed alternately; prints, per model, the median over rounds of the time for all batches,
+and their ratio. Trained models differ in the range of attention they learn, and with it in cost
+(``tensor_attention_range.py``).
 """
 
 from __future__ import annotations

@@ -65,9 +65,10 @@ class EpochLog(L.Callback):
 
 def matgl_setup(model_name: str, train: list, val: list, test: list | None = None, seed: int = 123,
                 lr: float = 1e-3, decay_steps: int = 1000) -> tuple:
-    """matgl ``ModelLightningModule`` (``megnet``, ``m3gnet`` or ``tensornet``, PyG backend) and its (train, val[, test])
-    loaders for crystalframer ``Crystal`` lists (first target). L1 loss on the target standardised with the
-    training rows' mean and std; batch 32. M3GNet builds its three-body line graph inside its forward pass."""
+    """matgl ``ModelLightningModule`` (``megnet``, ``m3gnet`` or ``tensornet``, PyG backend) and its
+    (train, val[, test]) loaders for crystalframer ``Crystal`` lists (first target). L1 loss on the target
+    standardised with the training rows' mean and std; batch 32. M3GNet builds its three-body line graph inside
+    its forward pass."""
     from matgl.ext.pymatgen import Structure2Graph, get_element_list
     from matgl.graph.data import MGLDataLoader, MGLDataset, collate_fn_graph
     from matgl.utils.training import ModelLightningModule
