@@ -221,26 +221,48 @@ def write_test_csv(out: Path, target: str, kind: str, method: str, seed: int, ep
     table.to_csv(out / f"{target}_{method}_seed{seed}{tag}_test.csv", index=False, float_format="%.6g")
 
 
-def equal_cpu(found: dict, frame: dict, keys: tuple) -> dict:
-    """The direct method at the frame head's training CPU: its budget chosen on validation (lowest mean val
-    Frobenius error over the seeds) among all its snapshot epochs whose mean training CPU seconds do not exceed
-    the frame head's at the frame head's chosen epoch (``cap_cpu_s``). Direct runs may be longer than the frame
-    runs for this; ``capped`` says whether the cap, not the end of the runs, limited the choice."""
-    data = found["direct"]
-    epochs = sorted(set.intersection(*[{r["epoch"] for r in d["snapshots"]} for d in data]))
+def choose(data: list[dict], epochs: list[int], keys: tuple) -> dict:
+    """The snapshot epoch among ``epochs`` with the lowest mean validation Frobenius error over the runs ``data``
+    (one per seed; test rows are never used), and the runs' metrics there (values, mean and std per split)."""
     by = {e: [next(r for r in d["snapshots"] if r["epoch"] == e) for d in data] for e in epochs}
-    cpu = {e: float(np.mean([r["train_cpu_s"] for r in by[e]])) for e in epochs}
+    val_fnorm = {e: float(np.mean([r["val"]["fnorm"] for r in by[e]])) for e in epochs}
+    best = min(epochs, key=lambda e: val_fnorm[e])
+    chosen = by[best]
+    stat = {split: {k: [r[split][k] for r in chosen] for k in keys} for split in ("val", "test")}
+    return {"seeds": [d["settings"]["seed"] for d in data], "chosen_epoch": best, "mean_val_fnorm_by_epoch": val_fnorm,
+            "steps": [r["steps"] for r in chosen], "train_cpu_s": [r["train_cpu_s"] for r in chosen],
+            "loadavg_1min": [r["loadavg_1min"] for r in chosen], "settings": data[0]["settings"],
+            **{split: {k: {"values": v, "mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in st.items()}
+               for split, st in stat.items()}}
+
+
+def common_epochs(runs: list[dict]) -> list[int]:
+    """The snapshot epochs that every run has."""
+    return sorted(set.intersection(*[{r["epoch"] for r in d["snapshots"]} for d in runs]))
+
+
+def equal_cpu(direct: list[dict], frame: dict, keys: tuple) -> dict:
+    """The direct method at the frame head's training CPU: :func:`choose` among all its snapshot epochs whose
+    mean training CPU seconds do not exceed the frame head's at the frame head's chosen epoch (``cap_cpu_s``).
+    Direct runs may be longer than the frame runs for this; ``capped`` says whether the cap, not the end of the
+    runs, limited the choice."""
+    epochs = common_epochs(direct)
+    cpu = {e: float(np.mean([next(r["train_cpu_s"] for r in d["snapshots"] if r["epoch"] == e) for d in direct]))
+           for e in epochs}
     cap = float(np.mean(frame["train_cpu_s"]))
     allowed = [e for e in epochs if cpu[e] <= cap] or epochs[:1]
-    val_fnorm = {e: float(np.mean([r["val"]["fnorm"] for r in by[e]])) for e in allowed}
-    best = min(allowed, key=lambda e: val_fnorm[e])
-    stat = {split: {k: [r[split][k] for r in by[best]] for k in keys} for split in ("val", "test")}
     return {"cap_cpu_s": cap, "mean_train_cpu_s_by_epoch": cpu, "allowed_epochs": allowed,
-            "capped": allowed[-1] != epochs[-1], "chosen_epoch": best, "mean_val_fnorm_by_epoch": val_fnorm,
-            "seeds": [d["settings"]["seed"] for d in data], "steps": [r["steps"] for r in by[best]],
-            "train_cpu_s": [r["train_cpu_s"] for r in by[best]],
-            **{split: {k: {"values": v, "mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in s.items()}
-               for split, s in stat.items()}}
+            "capped": allowed[-1] != epochs[-1], **choose(direct, allowed, keys)}
+
+
+def table_row(target: str, label: str, m: dict, keys: tuple) -> str:
+    """One Markdown row of the summary table for a :func:`choose` result."""
+    scale = {k: 100 if k.startswith("ewt") else 1 for k in keys}
+    return (f"| `{target}` | {label} | {m['chosen_epoch']} | {int(np.mean(m['steps']))} | "
+            f"{np.mean(m['train_cpu_s']):.0f} ± {np.std(m['train_cpu_s']):.0f} | {len(m['seeds'])} | "
+            f"{m['val']['fnorm']['mean']:.3g} | "
+            + " | ".join(f"{m['test'][k]['mean'] * scale[k]:.3g} ± {m['test'][k]['std'] * scale[k]:.2g}" for k in keys)
+            + " |")
 
 
 def summarize(args) -> None:
@@ -256,44 +278,20 @@ def summarize(args) -> None:
     if not any(found.values()):
         raise SystemExit(f"no run records of {target} in {out / 'records'}")
     # candidate budgets: the snapshot epochs that every run of both methods has
-    epochs = sorted(set.intersection(*[{r["epoch"] for r in d["snapshots"]} for runs in found.values() for d in runs]))
+    epochs = common_epochs([d for runs in found.values() for d in runs])
     for method, data in found.items():
         if not data:
             continue
-        by = {e: [next(r for r in d["snapshots"] if r["epoch"] == e) for d in data] for e in epochs}
-        val_fnorm = {e: float(np.mean([r["val"]["fnorm"] for r in by[e]])) for e in epochs}
-        best = min(epochs, key=lambda e: val_fnorm[e])
-        chosen = by[best]
-        seeds = [d["settings"]["seed"] for d in data]
-        stat = {split: {k: [r[split][k] for r in chosen] for k in keys} for split in ("val", "test")}
-        summary[method] = {
-            "seeds": seeds, "chosen_epoch": best, "mean_val_fnorm_by_epoch": val_fnorm,
-            "steps": [r["steps"] for r in chosen], "train_cpu_s": [r["train_cpu_s"] for r in chosen],
-            "loadavg_1min": [r["loadavg_1min"] for r in chosen], "settings": data[0]["settings"],
-            **{split: {k: {"values": v, "mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in s.items()}
-               for split, s in stat.items()},
-        }
-        for seed in seeds:  # per-row test predictions at the chosen epoch
-            write_test_csv(out, target, kind, method, seed, best)
-        m = summary[method]
-        rows.append(f"| `{target}` | {method} | {best} | {int(np.mean(m['steps']))} | "
-                    f"{np.mean(m['train_cpu_s']):.0f} ± {np.std(m['train_cpu_s']):.0f} | {len(seeds)} | "
-                    f"{m['val']['fnorm']['mean']:.3g} | "
-                    + " | ".join(f"{m['test'][k]['mean'] * (100 if k.startswith('ewt') else 1):.3g} ± "
-                                 f"{m['test'][k]['std'] * (100 if k.startswith('ewt') else 1):.2g}"
-                                 for k in keys) + " |")
+        summary[method] = choose(data, epochs, keys)
+        for seed in summary[method]["seeds"]:  # per-row test predictions at the chosen epoch
+            write_test_csv(out, target, kind, method, seed, summary[method]["chosen_epoch"])
+        rows.append(table_row(target, method, summary[method], keys))
     if found["direct"] and found["frame"]:
-        summary["direct_at_frame_cpu"] = equal_cpu(found, summary["frame"], keys)
-        e = summary["direct_at_frame_cpu"]
+        e = summary["direct_at_frame_cpu"] = equal_cpu(found["direct"], summary["frame"], keys)
         if e["chosen_epoch"] != summary["direct"]["chosen_epoch"]:
             for seed in e["seeds"]:
                 write_test_csv(out, target, kind, "direct", seed, e["chosen_epoch"], "_equal_cpu")
-        rows.append(f"| `{target}` | direct, CPU ≤ frame's | {e['chosen_epoch']} | {int(np.mean(e['steps']))} | "
-                    f"{np.mean(e['train_cpu_s']):.0f} ± {np.std(e['train_cpu_s']):.0f} | {len(e['seeds'])} | "
-                    f"{e['val']['fnorm']['mean']:.3g} | "
-                    + " | ".join(f"{e['test'][k]['mean'] * (100 if k.startswith('ewt') else 1):.3g} ± "
-                                 f"{e['test'][k]['std'] * (100 if k.startswith('ewt') else 1):.2g}"
-                                 for k in keys) + " |")
+        rows.append(table_row(target, "direct, CPU ≤ frame's", e, keys))
     (out / f"{target}_summary.json").write_text(json.dumps(summary, indent=2))
     print("| target | method | epochs (val) | steps | train CPU s | seeds | val ‖ΔT‖_F | test ‖ΔT‖_F | "
           "rel. error | EwT 25 % | EwT 10 % | EwT 5 % |")
