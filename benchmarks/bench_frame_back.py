@@ -23,18 +23,12 @@ import torch
 
 def dense_frame_back(local: torch.Tensor, frames: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Σ_t w_t F_t⁻¹(local) over every slot t, padding included (the form before the compaction)."""
-    from crystalframer.geometry.tensors import rotate_voigt
+    from crystalframer.geometry.tensors import rotate, rotate_voigt
 
-    rank = local.dim() - 2
     ft = frames.transpose(-1, -2)
     loc = local[:, :, None].expand(local.shape[:2] + (frames.shape[2],) + local.shape[2:])
-    if rank == 1:
-        out = torch.einsum("nhtia,nhta->nhti", ft, loc)
-    elif local.shape[-2:] == (6, 6):
-        out = rotate_voigt(loc, ft)
-    else:
-        out = torch.einsum("nhtia,nhtab,nhtjb->nhtij", ft, loc, ft)
-    return (out * weights.to(out.dtype).reshape(weights.shape + (1,) * rank)).sum(2)
+    out = rotate_voigt(loc, ft) if local.shape[-2:] == (6, 6) else rotate(loc, ft)
+    return (out * weights.to(out.dtype).reshape(weights.shape + (1,) * (local.dim() - 2))).sum(2)
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from crystalframer.geometry.tensors import KINDS, rotate_voigt, target_kind
+from crystalframer.geometry.tensors import KINDS, rotate, rotate_voigt, target_kind
 
 
 def _local_tensor(c: Tensor, kind: str) -> Tensor:
@@ -76,12 +76,7 @@ def frame_back(local: Tensor, frames: Tensor, weights: Tensor) -> Tensor:
     owner = torch.div(slot, T, rounding_mode="floor")  # (P,) into N·H
     ft = frames.reshape(-1, 3, 3)[slot].transpose(-1, -2)  # F⁻¹ = Fᵀ: column a of Fᵀ is axis e_a
     loc = local.reshape((N * H,) + local.shape[2:])[owner]
-    if rank == 1:
-        out = torch.einsum("pia,pa->pi", ft, loc)
-    elif local.shape[-2:] == (6, 6):
-        out = rotate_voigt(loc, ft)
-    else:
-        out = torch.einsum("pia,pab,pjb->pij", ft, loc, ft)
+    out = rotate_voigt(loc, ft) if local.shape[-2:] == (6, 6) else rotate(loc, ft)
     w = weights.reshape(-1)[slot].to(out.dtype).reshape((-1,) + (1,) * rank)
     total = out.new_zeros((N * H,) + out.shape[1:]).index_add_(0, owner, out * w)
     return total.reshape(local.shape)
