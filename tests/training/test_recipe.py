@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from crystalframer.training.metrics import masked_loss, population_stats, regression_metrics
-from crystalframer.training.recipe import (PRESETS, Recipe, build_optimizer, build_scheduler, frozen_lr, get_recipe,
-                                           in_swa_phase, inverse_sqrt_factor, param_groups)
+from crystalframer.training.recipe import (PRESETS, Recipe, build_optimizer, build_scheduler, cosine_factor,
+                                           frozen_lr, get_recipe, in_swa_phase, inverse_sqrt_factor, param_groups)
 from crystalframer.training.swa import WeightAverager
 from tests.training.helpers import tiny_model
 
@@ -64,6 +64,24 @@ def test_inverse_sqrt_schedule_factor():
     # The JARVIS preset freezes the LR at 5e-4·√(4000/(4000 + 1950·174)) ≈ 5.4e-5 (spec §7).
     assert math.isclose(frozen_lr(PRESETS["jarvis"], 174), 5e-4 * math.sqrt(4000 / (4000 + 1950 * 174)))
     assert abs(frozen_lr(PRESETS["jarvis"], 174) - 5.4e-5) < 1e-6
+
+
+def test_cosine_schedule_factor():
+    assert cosine_factor(0, 100, 0.01) == 1.0
+    assert math.isclose(cosine_factor(50, 100, 0.0), 0.5)
+    assert math.isclose(cosine_factor(25, 100, 0.0), 0.5 * (1 + math.cos(math.pi / 4)))
+    assert cosine_factor(100, 100, 0.01) == cosine_factor(500, 100, 0.01) == 0.01
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    recipe = Recipe(epochs=10, swa_epochs=2, schedule="cosine", lr=1e-3, min_lr=1e-5)
+    with pytest.raises(ValueError, match="steps per epoch"):
+        build_scheduler(opt, recipe)
+    sch = build_scheduler(opt, recipe, steps_per_epoch=5)  # 8 pre-SWA epochs x 5 steps = 40
+    opt.step()
+    for _ in range(40):
+        sch.step()
+    assert math.isclose(opt.param_groups[0]["lr"], 1e-5, rel_tol=1e-12)
+    assert frozen_lr(recipe, 5) == 1e-5
 
 
 def test_swa_phase_is_the_last_epochs():

@@ -16,7 +16,7 @@ from crystalframer.models import CrystalFramer, register_model
 from crystalframer.training.data import EpochShardSampler
 from crystalframer.training.evaluation import predict_crystals
 from crystalframer.training.metrics import masked_loss
-from crystalframer.training.recipe import inverse_sqrt_factor
+from crystalframer.training.recipe import cosine_factor, inverse_sqrt_factor
 from crystalframer.training.trainer import TrainConfig, train
 from tests.training.helpers import TINY, perov_splits
 
@@ -189,6 +189,34 @@ def test_resume_may_change_the_run_length_before_swa_starts(splits, tmp_path):
               verbose=False)
     with pytest.raises(ValueError, match=r"recipe epochs: 3 -> 5"):
         train(make_config(tmp_path / "c", epochs=5, swa_epochs=2), resume=True, splits=splits, verbose=False)
+
+
+class StepLRs(L.Callback):
+    """The LR each optimizer step used, over the whole run."""
+
+    def __init__(self):
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_cosine_schedule_falls_to_min_lr_before_swa_and_fixes_the_run_length(splits, tmp_path):
+    # 16 training rows, batch 4: 4 steps per epoch; 3 epochs with 1 SWA epoch: the cosine spans 8 steps.
+    rec = StepLRs()
+    result = train(make_config(tmp_path / "cos", epochs=3, swa_epochs=1, schedule="cosine", lr=1e-3, min_lr=1e-5),
+                   splits=splits, callbacks=[rec], verbose=False)
+    expected = [1e-3 * cosine_factor(k, 8, 1e-2) for k in range(8)] + [1e-5] * 4
+    assert rec.lrs == pytest.approx(expected, rel=1e-12)
+    assert rec.lrs[4] == pytest.approx(0.5 * (1e-3 + 1e-5), rel=1e-12)  # half-way down at mid-run
+    assert result.metrics["swa_averaged_steps"] == 4
+    # the cosine is laid out over the planned length: a resumed cosine run may not change it
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(make_config(tmp_path / "cut", epochs=4, swa_epochs=1, schedule="cosine"), splits=splits,
+              callbacks=[Kill(6)], verbose=False)
+    with pytest.raises(ValueError, match=r"recipe epochs: 4 -> 6"):
+        train(make_config(tmp_path / "cut", epochs=6, swa_epochs=1, schedule="cosine"), resume=True,
+              splits=splits, verbose=False)
 
 
 @register_model

@@ -156,7 +156,11 @@ class CrystalPropertyModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = build_optimizer(self.model, self.recipe)
-        sch = build_scheduler(opt, self.recipe)
+        steps = None
+        if self.recipe.schedule == "cosine":  # the one schedule that needs the run's length
+            # Lightning's estimate counts this rank's batches over every epoch (DDP sharding included).
+            steps = max(1, int(self.trainer.estimated_stepping_batches) // max(1, int(self.trainer.max_epochs or 1)))
+        sch = build_scheduler(opt, self.recipe, steps_per_epoch=steps)
         # Optimisation is manual: the module steps the scheduler itself (per step, or per epoch for plateau).
         interval = "epoch" if self.recipe.schedule == "plateau" else "step"
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": interval}}

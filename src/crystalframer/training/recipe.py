@@ -9,6 +9,8 @@ Everything here follows the official CrystalFramer code (Ito et al., ICLR 2025; 
   choice.
 * LR factor √(W / (W + t)) with W = 4000 and t the number of scheduler steps (one per optimizer step, no
   warm-up). The scheduler is **not stepped during the last ``swa_epochs`` epochs**, so the LR is frozen.
+  A half-cosine decay to ``min_lr`` over the steps before SWA (``schedule="cosine"``, Loshchilov & Hutter,
+  ICLR 2017, without restarts) is offered beside it; it is not part of the published recipe.
 * Gradient norm clipped to 1.0, L1 loss on targets normalised with the training split's mean and
   population std.
 * SWA: an equal-weight average of the weights after every optimizer step of the last ``swa_epochs``.
@@ -26,10 +28,10 @@ import torch
 from crystalframer.nn.heads import TARGET_TRANSFORMS
 
 __all__ = ["Recipe", "PRESETS", "get_recipe", "param_groups", "build_optimizer", "inverse_sqrt_factor",
-           "build_scheduler", "in_swa_phase"]
+           "cosine_factor", "build_scheduler", "in_swa_phase"]
 
 
-SCHEDULES = ("inverse_sqrt", "constant", "plateau")
+SCHEDULES = ("inverse_sqrt", "constant", "plateau", "cosine")
 #: Training losses: three regression losses and binary cross-entropy (classification).
 LOSSES = ("l1", "mse", "smooth_l1", "bce")
 
@@ -48,9 +50,13 @@ class Recipe:
             official code leaves in place ("official"); 0.0 is the conventional no-decay choice.
         schedule: ``"inverse_sqrt"`` (factor √(W/(W+t)), per step), ``"constant"``, or ``"plateau"`` (ECN's:
             the LR times ``plateau_factor`` after ``plateau_patience`` epochs without a lower validation loss,
-            never below ``min_lr``; training stops once the LR reaches ``min_lr``).
+            never below ``min_lr``; training stops once the LR reaches ``min_lr``), or ``"cosine"``: the LR
+            falls from ``lr`` to ``min_lr`` along a half cosine over the optimizer steps before the SWA phase
+            (every step when SWA is off) and stays at ``min_lr`` during SWA. The cosine is the one schedule
+            that depends on the run's length, so a cosine run cannot change ``epochs`` on resume.
         schedule_warmup: W of the inverse-sqrt schedule (4000).
-        plateau_factor, plateau_patience, min_lr: the plateau schedule (0.5, 25, 1e-6 as ECN).
+        plateau_factor, plateau_patience, min_lr: the plateau schedule (0.5, 25, 1e-6 as ECN); ``min_lr`` is
+            also where the cosine schedule ends.
         clip_norm: max global gradient norm (``None`` or 0 disables clipping).
         loss: ``"l1"`` (official), ``"mse"`` or ``"smooth_l1"``, on the normalised scale (a run with vector or
             tensor targets defaults to ``"mse"``, see ``TrainConfig.resolved_recipe``); or ``"bce"``:
@@ -240,14 +246,41 @@ class _InverseSqrt:
         return inverse_sqrt_factor(step, self.warmup)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe):
+def cosine_factor(step: int, total: int, final: float) -> float:
+    """LR multiplier of the cosine schedule after ``step`` of ``total`` steps: 1 at step 0, ``final`` from
+    step ``total`` on, ½(1 + cos(π·step/total)) rescaled to [final, 1] in between."""
+    if total <= 0 or step >= total:
+        return final
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+class _Cosine:
+    """Picklable LR lambda of the cosine schedule (its state, ``total`` and ``final``, goes into checkpoints)."""
+
+    def __init__(self, total: int, final: float):
+        self.total, self.final = int(total), float(final)
+
+    def __call__(self, step: int) -> float:
+        return cosine_factor(step, self.total, self.final)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int | None = None):
     """LambdaLR stepped once per optimizer step outside the SWA phase (the caller decides when), or, for
-    ``"plateau"``, ReduceLROnPlateau stepped once per epoch with the validation loss."""
+    ``"plateau"``, ReduceLROnPlateau stepped once per epoch with the validation loss.
+
+    ``steps_per_epoch`` (optimizer steps per epoch) is needed by the cosine schedule only: its length is the
+    number of steps before the SWA phase."""
     if recipe.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=recipe.plateau_factor,
                                                           patience=recipe.plateau_patience, min_lr=recipe.min_lr)
     if recipe.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    if recipe.schedule == "cosine":
+        if steps_per_epoch is None or steps_per_epoch < 1:
+            raise ValueError("the cosine schedule needs the number of optimizer steps per epoch, "
+                             f"got {steps_per_epoch!r}")
+        final = min(1.0, recipe.min_lr / recipe.lr)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, _Cosine(recipe.swa_start_epoch * steps_per_epoch, final))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, _InverseSqrt(recipe.schedule_warmup))
 
 
@@ -257,9 +290,12 @@ def in_swa_phase(epoch: int, recipe: Recipe) -> bool:
 
 
 def frozen_lr(recipe: Recipe, steps_per_epoch: int) -> float:
-    """The LR the schedule freezes at during SWA: lr·√(W/(W + steps before the SWA phase))."""
+    """The LR the schedule freezes at during SWA: lr·√(W/(W + steps before the SWA phase)) (inverse-sqrt),
+    ``min_lr`` (cosine)."""
     if recipe.schedule in ("constant", "plateau"):  # plateau: the LR reached by then, at most lr
         return recipe.lr
+    if recipe.schedule == "cosine":
+        return min(recipe.lr, recipe.min_lr)
     return recipe.lr * inverse_sqrt_factor(recipe.swa_start_epoch * steps_per_epoch, recipe.schedule_warmup)
 
 

@@ -334,14 +334,17 @@ def _changes(old: Mapping[str, Any], new: Mapping[str, Any], skip: Sequence[str]
 #: Recipe fields that may change on resume (they do not change what is trained).
 _RESUMABLE = ("val_batch_size", "test_batch_size", "max_skipped_steps")
 #: Recipe fields that may change on resume while no SWA epoch has run under the old or the new plan: the LR
-#: schedules never look at the total number of epochs, so until SWA starts the run is the same as one
-#: started with the new length.
+#: schedules other than the cosine never look at the total number of epochs, so until SWA starts the run is
+#: the same as one started with the new length.
 _LENGTH = ("epochs", "swa_epochs")
 
 
 def _length_change_ok(ckpt: Mapping[str, Any], old: Mapping[str, Any], new: Recipe) -> bool:
     """Whether ``epochs``/``swa_epochs`` may change from ``old`` (the checkpoint's recipe) to ``new``: the
-    checkpoint's run has not reached the SWA phase of either plan and the new run still has epochs to go."""
+    checkpoint's run has not reached the SWA phase of either plan and the new run still has epochs to go. A
+    cosine schedule is laid out over the planned length, so its run's length is fixed."""
+    if new.schedule == "cosine" or old.get("schedule") == "cosine":
+        return False
     done = int(ckpt.get("epoch", 0)) + 1  # Lightning stores the index of the epoch being (or just) trained
     try:
         old_start = int(old["epochs"]) - int(old["swa_epochs"])
