@@ -214,7 +214,7 @@ def test_cosine_schedule_falls_to_min_lr_before_swa_and_fixes_the_run_length(spl
     with pytest.raises(RuntimeError, match="simulated kill"):
         train(make_config(tmp_path / "cut", epochs=4, swa_epochs=1, schedule="cosine"), splits=splits,
               callbacks=[Kill(6)], verbose=False)
-    with pytest.raises(ValueError, match=r"recipe epochs: 4 -> 6"):
+    with pytest.raises(ValueError, match=r"recipe epochs: 4 -> 6.*cosine schedule .* length is fixed"):
         train(make_config(tmp_path / "cut", epochs=6, swa_epochs=1, schedule="cosine"), resume=True,
               splits=splits, verbose=False)
 

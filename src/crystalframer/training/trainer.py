@@ -377,6 +377,9 @@ def check_resume(ckpt: Mapping[str, Any], ckpt_path: Path, model: torch.nn.Modul
     old_recipe = info.get("recipe") or {}
     skip = _RESUMABLE + (_LENGTH if _length_change_ok(ckpt, old_recipe, recipe) else ())
     diffs += [f"recipe {d}" for d in _changes(old_recipe, recipe.to_dict(), skip=skip)]
+    if "cosine" in (recipe.schedule, old_recipe.get("schedule")) and any(
+            d.startswith(("recipe epochs", "recipe swa_epochs")) for d in diffs):
+        diffs.append("the cosine schedule is laid out over the planned number of epochs, so its length is fixed")
     if info.get("data_sha256") is not None:
         if info["data_sha256"] != data_sha256:
             diffs.append(f"data: SHA-256 {str(info['data_sha256'])[:12]}... -> {data_sha256[:12]}... (other "
