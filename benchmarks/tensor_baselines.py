@@ -275,6 +275,8 @@ def summarize(args) -> None:
     rows = []
     found = {m: [json.loads(p.read_text()) for p in sorted((out / "records").glob(f"{target}_{m}_seed*.json"))]
              for m in ("direct", "frame")}
+    if args.seeds:  # e.g. the table of an earlier session, before more seeds were added
+        found = {m: [d for d in runs if d["settings"]["seed"] in args.seeds] for m, runs in found.items()}
     if not any(found.values()):
         raise SystemExit(f"no run records of {target} in {out / 'records'}")
     # candidate budgets: the snapshot epochs that every run of both methods has
@@ -325,6 +327,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="at most N structures per split (quick checks)")
     p.add_argument("--out", default="benchmarks/tensors")
     p.add_argument("--summarize", action="store_true", help="choose budgets on val, write CSVs and the table")
+    p.add_argument("--seeds", type=int, nargs="*", default=[], help="--summarize only these seeds' runs")
     args = p.parse_args()
     summarize(args) if args.summarize else main_run(args)
 
