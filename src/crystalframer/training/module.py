@@ -99,10 +99,12 @@ class CrystalPropertyModule(L.LightningModule):
         skipped_steps: optimizer steps skipped by the NaN guard.
     """
 
-    def __init__(self, model: torch.nn.Module, recipe: Recipe, run_info: dict[str, Any] | None = None):
+    def __init__(self, model: torch.nn.Module, recipe: Recipe, run_info: dict[str, Any] | None = None,
+                 steps_per_epoch: int | None = None):
         super().__init__()
         self.model = model
         self.recipe = recipe
+        self.steps_per_epoch = steps_per_epoch  # optimizer steps per epoch; the cosine schedule needs it
         self.run_info = dict(run_info or {})
         self.automatic_optimization = False
         self.swa: WeightAverager | None = WeightAverager(model) if recipe.swa_epochs > 0 else None
@@ -156,11 +158,7 @@ class CrystalPropertyModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = build_optimizer(self.model, self.recipe)
-        steps = None
-        if self.recipe.schedule == "cosine":  # the one schedule that needs the run's length
-            # Lightning's estimate counts this rank's batches over every epoch (DDP sharding included).
-            steps = max(1, int(self.trainer.estimated_stepping_batches) // max(1, int(self.trainer.max_epochs or 1)))
-        sch = build_scheduler(opt, self.recipe, steps_per_epoch=steps)
+        sch = build_scheduler(opt, self.recipe, steps_per_epoch=self.steps_per_epoch)
         # Optimisation is manual: the module steps the scheduler itself (per step, or per epoch for plateau).
         interval = "epoch" if self.recipe.schedule == "plateau" else "step"
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": interval}}

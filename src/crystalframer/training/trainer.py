@@ -378,7 +378,7 @@ def check_resume(ckpt: Mapping[str, Any], ckpt_path: Path, model: torch.nn.Modul
     skip = _RESUMABLE + (_LENGTH if _length_change_ok(ckpt, old_recipe, recipe) else ())
     diffs += [f"recipe {d}" for d in _changes(old_recipe, recipe.to_dict(), skip=skip)]
     if "cosine" in (recipe.schedule, old_recipe.get("schedule")) and any(
-            d.startswith(("recipe epochs", "recipe swa_epochs")) for d in diffs):
+            old_recipe.get(k) != getattr(recipe, k) for k in _LENGTH):
         diffs.append("the cosine schedule is laid out over the planned number of epochs, so its length is fixed")
     if info.get("data_sha256") is not None:
         if info["data_sha256"] != data_sha256:
@@ -553,7 +553,7 @@ def train(config: TrainConfig | Mapping[str, Any], resume: bool | str = False, s
                   f"{splits.target_names}; {recipe.epochs} epochs (SWA {recipe.swa_epochs}), batch {recipe.batch_size}"
                   + (f"; resuming from {ckpt_path}" if ckpt_path else ""))
 
-    module = CrystalPropertyModule(model, recipe, run_info)
+    module = CrystalPropertyModule(model, recipe, run_info, steps_per_epoch=steps_per_epoch)
     dm = CrystalDataModule(splits.train, splits.val, model.collate, recipe.batch_size, recipe.val_batch_size,
                            recipe.seed, recipe.drop_last, config.num_workers)
     ckpt_cb = RunCheckpoint(run_dir, run_info)
