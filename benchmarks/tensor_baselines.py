@@ -22,7 +22,8 @@ Frobenius error over the seeds among the epochs that all runs of both methods ha
 rows are never used to choose), and again for the direct method among all its epochs whose training CPU does
 not exceed the frame head's at its chosen epoch (equal CPU, :func:`equal_cpu`), writes the per-row test predictions of
 that epoch to ``<out>/<target>_<method>_seed<k>_test.csv``, the summary to ``<out>/<target>_summary.json`` and
-prints a Markdown table (mean ± std over seeds).
+prints a Markdown table (mean ± std over seeds), then the frame head against the direct head paired by seed and by
+test row (:func:`paired`: is a gap more than noise?).
 
     PYTHONPATH=src python benchmarks/tensor_baselines.py --data-root /work/shared/data --target e_electronic \
         --method frame --seed 0 --epochs 40 --snapshots 20 30 40 --threads 1
@@ -255,6 +256,75 @@ def equal_cpu(direct: list[dict], frame: dict, keys: tuple) -> dict:
             "capped": allowed[-1] != epochs[-1], **choose(direct, allowed, keys)}
 
 
+def row_errors(out: Path, target: str, method: str, seeds: list[int], epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frobenius errors ‖ΔT‖_F and relative errors ‖ΔT‖_F / ‖T‖_F of every test row, each (n_seeds, n_rows),
+    at one snapshot epoch."""
+    err, rel = [], []
+    for seed in seeds:
+        z = np.load(out / "records" / f"{target}_{method}_seed{seed}.npz")
+        a = z["true_test"].reshape(len(z["true_test"]), -1).astype(np.float64)
+        b = z[f"test_epoch{epoch}"].reshape(len(a), -1).astype(np.float64)
+        err.append(np.linalg.norm(b - a, axis=1))
+        rel.append(err[-1] / np.linalg.norm(a, axis=1))
+    return np.stack(err), np.stack(rel)
+
+
+def paired(out: Path, target: str, frame: dict, direct: dict, keys: tuple) -> dict:
+    """The frame head against the direct head, paired two ways, for deciding whether a gap is more than noise.
+
+    * by seed: per-seed differences frame − direct of each test metric, their mean and standard error
+      (std with ddof 1 over √n_seeds; the seeds share the split, so this is the spread of training noise);
+    * by test row: for each EwT threshold, in how many seeds each row is within it for either head; the rows
+      where the frame head is within in more seeds vs. fewer, and the two-sided sign test (exact binomial) of
+      that count; for the Frobenius and relative errors, the rows whose seed-mean error is lower for the frame
+      head, their sign test, and the Wilcoxon signed-rank test of the seed-mean differences. The rows are the
+      sample that varies between test sets, so these say how sure a gap is beyond this test split.
+    """
+    from scipy.stats import binomtest, wilcoxon
+
+    seeds = sorted(set(frame["seeds"]) & set(direct["seeds"]))
+    per_seed = {}
+    for k in keys:
+        fv = dict(zip(frame["seeds"], frame["test"][k]["values"]))
+        dv = dict(zip(direct["seeds"], direct["test"][k]["values"]))
+        d = np.array([fv[s] - dv[s] for s in seeds])
+        per_seed[k] = {"diffs": d.tolist(), "mean": float(d.mean()),
+                       "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")}
+    ef, rf = row_errors(out, target, "frame", seeds, frame["chosen_epoch"])
+    ed, rd = row_errors(out, target, "direct", seeds, direct["chosen_epoch"])
+    seed_mean = {"fnorm": (ef.mean(0), ed.mean(0)), "rel_fnorm": (rf.mean(0), rd.mean(0))}
+    by_row = {}
+    for k in keys:
+        if k.startswith("ewt"):
+            cf, cd = (rf < int(k[3:]) / 100).sum(0), (rd < int(k[3:]) / 100).sum(0)
+        elif k in seed_mean:
+            cf, cd = -seed_mean[k][0], -seed_mean[k][1]  # higher is better, as for the EwT counts
+        else:
+            continue
+        better, worse = int((cf > cd).sum()), int((cf < cd).sum())
+        p = binomtest(better, better + worse, 0.5).pvalue if better + worse else 1.0
+        rec = {"rows_frame_better": better, "rows_direct_better": worse, "sign_test_p": float(p)}
+        if k in seed_mean:
+            rec["wilcoxon_p"] = float(wilcoxon(*seed_mean[k]).pvalue)
+        by_row[k] = rec
+    return {"seeds": seeds, "frame_epoch": frame["chosen_epoch"], "direct_epoch": direct["chosen_epoch"],
+            "per_seed": per_seed, "per_row": by_row}
+
+
+def paired_table(target: str, label: str, pr: dict, keys: tuple) -> list[str]:
+    """Markdown rows of a :func:`paired` result."""
+    scale = {k: 100 if k.startswith("ewt") else 1 for k in keys}
+    rows = []
+    for k in keys:
+        s, r = pr["per_seed"][k], pr["per_row"].get(k)
+        row = (f"| `{target}` | {label} | {k} | {s['mean'] * scale[k]:+.3g} ± {s['se'] * scale[k]:.2g} | "
+               + (f"{r['rows_frame_better']} / {r['rows_direct_better']} | {r['sign_test_p']:.2g}"
+                  + (f" (Wilcoxon {r['wilcoxon_p']:.2g})" if "wilcoxon_p" in r else "") if r else " | ")
+               + " |")
+        rows.append(row)
+    return rows
+
+
 def table_row(target: str, label: str, m: dict, keys: tuple) -> str:
     """One Markdown row of the summary table for a :func:`choose` result."""
     scale = {k: 100 if k.startswith("ewt") else 1 for k in keys}
@@ -294,11 +364,19 @@ def summarize(args) -> None:
             for seed in e["seeds"]:
                 write_test_csv(out, target, kind, "direct", seed, e["chosen_epoch"], "_equal_cpu")
         rows.append(table_row(target, "direct, CPU ≤ frame's", e, keys))
+        summary["paired"] = {"equal_steps": paired(out, target, summary["frame"], summary["direct"], keys),
+                             "equal_cpu": paired(out, target, summary["frame"], e, keys)}
     (out / f"{target}_summary.json").write_text(json.dumps(summary, indent=2))
     print("| target | method | epochs (val) | steps | train CPU s | seeds | val ‖ΔT‖_F | test ‖ΔT‖_F | "
           "rel. error | EwT 25 % | EwT 10 % | EwT 5 % |")
     print("| --- " * 12 + "|")
     print("\n".join(rows))
+    if "paired" in summary:
+        print("\n| target | frame vs. direct | metric | frame − direct per seed (mean ± se) | "
+              "test rows frame better / direct better | sign test p |")
+        print("| --- " * 6 + "|")
+        for tag, label in (("equal_steps", "equal steps"), ("equal_cpu", "equal CPU")):
+            print("\n".join(paired_table(target, label, summary["paired"][tag], keys)))
     print("\n| target | method | seed | epoch | steps | train CPU s | load | val ‖ΔT‖_F | test ‖ΔT‖_F | "
           "test EwT 25/10/5 % |")
     print("| --- " * 10 + "|")
