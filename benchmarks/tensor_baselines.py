@@ -259,13 +259,14 @@ def equal_cpu(direct: list[dict], frame: dict, keys: tuple) -> dict:
 def row_errors(out: Path, target: str, method: str, seeds: list[int], epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """Frobenius errors ‖ΔT‖_F and relative errors ‖ΔT‖_F / ‖T‖_F of every test row, each (n_seeds, n_rows),
     at one snapshot epoch."""
+    from crystalframer.training.metrics import tensor_errors
+
     err, rel = [], []
     for seed in seeds:
         z = np.load(out / "records" / f"{target}_{method}_seed{seed}.npz")
-        a = z["true_test"].reshape(len(z["true_test"]), -1).astype(np.float64)
-        b = z[f"test_epoch{epoch}"].reshape(len(a), -1).astype(np.float64)
-        err.append(np.linalg.norm(b - a, axis=1))
-        rel.append(err[-1] / np.linalg.norm(a, axis=1))
+        e, r = tensor_errors(z["true_test"], z[f"test_epoch{epoch}"])
+        err.append(e)
+        rel.append(r)
     return np.stack(err), np.stack(rel)
 
 

@@ -179,6 +179,15 @@ def population_stats(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+def tensor_errors(t_true: np.ndarray, t_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-structure Frobenius error ‖T_pred − T_true‖_F and relative error ‖ΔT‖_F / ‖T_true‖_F, each (n,)
+    (NaN where the label or the prediction has a NaN). ``t_true``, ``t_pred``: (n, …) tensors."""
+    a = np.asarray(t_true, np.float64).reshape(len(t_true), -1)
+    b = np.asarray(t_pred, np.float64).reshape(len(t_pred), -1)
+    err = np.linalg.norm(a - b, axis=1)
+    return err, err / np.maximum(np.linalg.norm(a, axis=1), 1e-300)
+
+
 def tensor_metrics(t_true: np.ndarray, t_pred: np.ndarray,
                    thresholds: Sequence[float] = (0.25, 0.10, 0.05)) -> dict[str, float]:
     """Errors of predicted tensors as in GMTNet (Yan et al., "A space group symmetry informed network for O(3)
@@ -190,11 +199,8 @@ def tensor_metrics(t_true: np.ndarray, t_pred: np.ndarray,
         ``fnorm``: mean Frobenius norm ‖T_pred − T_true‖_F; ``rel_fnorm``: mean of ‖ΔT‖_F / ‖T_true‖_F;
         ``ewt<p>``: fraction of structures with ‖ΔT‖_F / ‖T_true‖_F < p (p in %); ``n``: structures scored.
     """
-    a = np.asarray(t_true, np.float64).reshape(len(t_true), -1)
-    b = np.asarray(t_pred, np.float64).reshape(len(t_pred), -1)
-    ok = ~np.isnan(a).any(1)
-    err = np.linalg.norm(a[ok] - b[ok], axis=1)
-    rel = err / np.maximum(np.linalg.norm(a[ok], axis=1), 1e-300)
+    ok = ~np.isnan(np.asarray(t_true, np.float64).reshape(len(t_true), -1)).any(1)
+    err, rel = (x[ok] for x in tensor_errors(t_true, t_pred))
     out = {"n": int(ok.sum()), "fnorm": float(err.mean()) if ok.any() else float("nan"),
            "rel_fnorm": float(rel.mean()) if ok.any() else float("nan")}
     for p in thresholds:
