@@ -318,11 +318,14 @@ def paired_table(target: str, label: str, pr: dict, keys: tuple) -> list[str]:
     rows = []
     for k in keys:
         s, r = pr["per_seed"][k], pr["per_row"].get(k)
-        row = (f"| `{target}` | {label} | {k} | {s['mean'] * scale[k]:+.3g} ± {s['se'] * scale[k]:.2g} | "
-               + (f"{r['rows_frame_better']} / {r['rows_direct_better']} | {r['sign_test_p']:.2g}"
-                  + (f" (Wilcoxon {r['wilcoxon_p']:.2g})" if "wilcoxon_p" in r else "") if r else " | ")
-               + " |")
-        rows.append(row)
+        rows_cell = p_cell = ""
+        if r:
+            rows_cell = f"{r['rows_frame_better']} / {r['rows_direct_better']}"
+            p_cell = f"{r['sign_test_p']:.2g}"
+            if "wilcoxon_p" in r:
+                p_cell += f" (Wilcoxon {r['wilcoxon_p']:.2g})"
+        rows.append(f"| `{target}` | {label} | {k} | {s['mean'] * scale[k]:+.3g} ± {s['se'] * scale[k]:.2g} | "
+                    f"{rows_cell} | {p_cell} |")
     return rows
 
 
